@@ -1,0 +1,1 @@
+"""cvsweep: register W&B sweeps, run agents on every GPU, query runs and leaderboards."""

@@ -1,0 +1,84 @@
+"""Checkpoints: model, optimizer, scheduler, scaler, epoch, RNG states and the resolved config."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                  # last completed epoch
+    global_step: int = 0
+    best_val_f1: float = -1.0
+    best_epoch: int = 0
+    history: list = field(default_factory=list)
+    best_preds: Optional[tuple] = None   # (y_true, y_pred) of the best epoch
+
+
+def rng_states() -> dict:
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg, class_names) -> None:
+    """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+    obj = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "state": state.__dict__,
+        "rng": rng_states(),
+        "config": cfg.to_flat_dict(),
+        "class_names": list(class_names),
+        "format": 1,
+    }
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read(path: str | os.PathLike, device="cpu") -> dict:
+    # Our own files hold numpy RNG state and plain containers: not weights-only loadable.
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def load(path, model, optimizer, scheduler, scaler, device) -> TrainState:
+    obj = read(path, device)
+    model.load_state_dict(obj["model"])
+    optimizer.load_state_dict(obj["optimizer"])
+    if scheduler is not None and obj.get("scheduler") is not None:
+        scheduler.load_state_dict(obj["scheduler"])
+    if scaler is not None and obj.get("scaler") is not None:
+        scaler.load_state_dict(obj["scaler"])
+    set_rng_states(obj["rng"])
+    return TrainState(**obj["state"])
+
+
+def find_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
+    """``None``: no resume; ``"auto"``: last.pt when present; else a path that must exist."""
+    if not resume:
+        return None
+    if resume == "auto":
+        p = ckpt_dir / "last.pt"
+        return p if p.exists() else None
+    p = Path(resume)
+    if not p.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint {p} does not exist")
+    return p

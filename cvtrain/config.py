@@ -1,0 +1,503 @@
+"""Typed trainer configuration, resolved once.
+
+Resolution order, lowest first::
+
+    defaults  <  .env and environment  <  --config FILE.yaml  <  sweep parameters  <  command line
+
+Every field lives in exactly one group, and field names are unique across
+groups, so the flat namespace (``learning_rate``, ``data_dir``, ``mixup``) is
+what the command line, sweep YAML, env files and the W&B run config all speak.
+Nested groups (``mixup``, ``augment``) take a dict (``--mixup={'alpha': 0.2}``)
+or dotted keys (``--mixup.alpha=0.2``).
+
+The W&B API key is a field of :class:`WandbConfig` but never leaves it: it is
+excluded from :meth:`Config.to_flat_dict`, from ``repr`` and from every file.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion")
+SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "none")
+WANDB_MODES = ("online", "offline", "disabled")
+AMP_DTYPES = ("bf16", "fp16")
+RESIZE_MODES = ("pad", "stretch")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Environment variables read for W&B settings, by field.
+WANDB_ENV = {
+    "api_key": "WANDB_API_KEY",
+    "project": "WANDB_PROJECT",
+    "entity": "WANDB_ENTITY",
+    "mode": "WANDB_MODE",
+    "tags": "WANDB_TAGS",
+    "group": "WANDB_RUN_GROUP",
+}
+#: Every other field reads ``CVTRAIN_<FIELD>`` (e.g. ``CVTRAIN_LEARNING_RATE``).
+ENV_PREFIX = "CVTRAIN_"
+
+
+# ---------------------------------------------------------------------------
+# The groups. Every default sits here.
+# ---------------------------------------------------------------------------
+@dataclass
+class WandbConfig:
+    api_key: str | None = field(default=None, repr=False)
+    project: str = "cvsweep"
+    entity: str | None = None
+    mode: str | None = None  # None: online when an API key is configured, else offline
+    tags: list = field(default_factory=list)
+    group: str | None = None
+    job_type: str = "train"
+    run_name: str | None = None   # None: made from the config by create_run_name
+    run_id: str | None = None     # set to continue an existing W&B run on --resume
+    log_artifacts: bool = True
+
+
+@dataclass
+class MixupConfig:
+    alpha: float = 0.0          # mixup alpha; 0 disables mixup
+    cutmix_alpha: float = 0.0   # cutmix alpha; 0 disables cutmix
+    prob: float = 1.0           # probability of applying mixup or cutmix per batch
+    switch_prob: float = 0.5    # probability of cutmix instead of mixup when both are on
+
+
+@dataclass
+class AugmentConfig:
+    """Strengths in [0, 1] matching the documents' test set damage."""
+    rotate: float = 0.5     # probability of a 90/180/270 degree rotation
+    flip: float = 0.3       # probability of a horizontal or vertical flip
+    affine: float = 0.3     # probability of a small affine (max 10 deg, 5% shift, 10% scale)
+    blur: float = 0.1       # probability of a Gaussian blur
+    noise: float = 0.1      # probability of Gaussian pixel noise
+    jpeg: float = 0.1       # probability of JPEG re-compression damage (quality 20-60)
+
+
+@dataclass
+class ExperimentConfig:
+    model_name: str = "resnet34"
+    pretrained: bool = False
+    pretrained_path: str | None = None
+    num_classes: int | None = None      # None: inferred from meta.csv or the data
+    img_size: int = 224
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    epochs: int = 50
+    optimizer: str = "adamw"
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-5
+    min_lr: float = 1e-6
+    label_smoothing: float = 0.0
+    drop_rate: float = 0.0
+    grad_clip: float | None = None
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tta: list = field(default_factory=lambda: ["none", "rot90", "rot180", "rot270"])
+    seed: int = 42
+    device: str = "auto"
+    amp: bool = True
+    amp_dtype: str = "bf16"
+    channels_last: bool = True
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "data"
+    train_csv: str = "train.csv"
+    meta_csv: str = "meta.csv"
+    image_dir: str = "train"
+    val_fraction: float = 0.2
+    stratify: bool = True
+    folds: int = 0           # >1: k-fold; `fold` selects the validation fold
+    fold: int = 0
+    resize: str = "pad"      # pad keeps the aspect ratio; stretch does not
+    num_workers: int = 2
+    cache_dir: str | None = None   # None: $XDG_CACHE_HOME/cvtrain or ~/.cache/cvtrain
+    skip_bad_images: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 20          # batches between batch-loss logs
+    system_interval: float = 10.0   # seconds between system-metric samples
+    progress: bool = True
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"
+    output_dir: str | None = None      # None: <output_root>/<run name>
+    checkpoint_dir: str | None = None  # None: <output_dir>/checkpoints
+    save_last: bool = True
+
+
+GROUPS: dict[str, type] = {
+    "wandb": WandbConfig,
+    "experiment": ExperimentConfig,
+    "data": DataConfig,
+    "logging": LoggingConfig,
+    "paths": PathsConfig,
+}
+SECRET_FIELDS = frozenset({"api_key"})
+NESTED = {"mixup": MixupConfig, "augment": AugmentConfig}
+
+
+@dataclass
+class Config:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    #: where each field's value came from ("default", "env WANDB_MODE", "file x.yaml", "sweep", "cli")
+    sources: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_flat_dict(self) -> dict:
+        """The flat, secret-free view logged to W&B and saved beside checkpoints."""
+        out = {}
+        for gname in GROUPS:
+            group = getattr(self, gname)
+            for f in fields(group):
+                if f.name in SECRET_FIELDS:
+                    continue
+                value = getattr(group, f.name)
+                out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else _plain(value)
+        return out
+
+    def get(self, name: str) -> Any:
+        return getattr(getattr(self, FIELD_GROUP[name]), name)
+
+    @property
+    def wandb_mode(self) -> str:
+        if self.wandb.mode:
+            return self.wandb.mode
+        return "online" if self.wandb.api_key else "offline"
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+FIELD_GROUP: dict[str, str] = {}
+FIELD_TYPES: dict[str, Any] = {}
+for _gname, _cls in GROUPS.items():
+    _hints = typing.get_type_hints(_cls)
+    for _f in fields(_cls):
+        assert _f.name not in FIELD_GROUP, f"duplicate config field {_f.name}"
+        FIELD_GROUP[_f.name] = _gname
+        FIELD_TYPES[_f.name] = _hints[_f.name]
+NESTED_FIELDS = {n: {f.name: typing.get_type_hints(c)[f.name] for f in fields(c)} for n, c in NESTED.items()}
+KNOWN_KEYS = sorted(FIELD_GROUP)
+#: Keys a sweep or a config file may set (every field but the secret).
+PARAM_KEYS = sorted(k for k in FIELD_GROUP if k not in SECRET_FIELDS)
+
+
+def known_param_paths() -> list[str]:
+    """Every settable key, with nested ones dotted (``mixup.alpha``)."""
+    out = list(PARAM_KEYS)
+    for n, sub in NESTED_FIELDS.items():
+        out += [f"{n}.{k}" for k in sub]
+    return sorted(out)
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems; ``problems`` lists each message."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+
+
+def close_matches(name: str, candidates, n: int = 3) -> str:
+    m = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+    return f" (did you mean {', '.join(m)}?)" if m else ""
+
+
+# ---------------------------------------------------------------------------
+# Value coercion: strings from env/CLI become typed values.
+# ---------------------------------------------------------------------------
+def parse_literal(text: str) -> Any:
+    """Parse a value the way ``wandb agent`` writes it: Python repr, True/False, None."""
+    s = text.strip()
+    low = s.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(s)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def _base_type(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp, type(None) in typing.get_args(tp)
+    return tp, False
+
+
+def coerce(name: str, value: Any, tp) -> Any:
+    """Coerce ``value`` to type ``tp``; raise ValueError with a readable reason."""
+    base, optional = _base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("must not be empty")
+    if isinstance(value, str) and base is not str:
+        value = parse_literal(value)
+        if value is None and optional:
+            return None
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise ValueError("must be True or False")
+    if base is int:
+        if isinstance(value, bool):
+            raise ValueError("must be an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if hasattr(value, "item"):  # numpy scalar from a sweep suggestion
+            return coerce(name, value.item(), tp)
+        raise ValueError("must be an integer")
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "item"):
+            return float(value.item())
+        raise ValueError("must be a number" + (" (write 1.0e-4, not 1e-4, in YAML)" if isinstance(value, str) else ""))
+    if base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError("must be a string")
+    if base is list:
+        if isinstance(value, (list, tuple)):
+            return [v.item() if hasattr(v, "item") else v for v in value]
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        raise ValueError("must be a list")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------
+def env_layer(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Values from an environment mapping (os.environ merged over .env)."""
+    out = {}
+    for name in KNOWN_KEYS:
+        var = WANDB_ENV.get(name, ENV_PREFIX + name.upper())
+        if var in environ and environ[var] != "":
+            out[name] = (environ[var], f"env {var}")
+    return out
+
+
+def read_env_file(path: str | os.PathLike | None = ".env") -> dict[str, str]:
+    """Read a dotenv file without touching os.environ."""
+    if path is None or not Path(path).is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def file_layer(path: str | os.PathLike) -> dict[str, tuple[Any, str]]:
+    """Values from a YAML config file: flat keys, or grouped under the group names."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"--config: file {str(p)!r} does not exist"])
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"--config: {p} is not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"--config: {p} must hold a mapping of settings, got {type(data).__name__}"])
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in GROUPS and isinstance(v, dict):
+            flat.update(v)
+        else:
+            flat[k] = v
+    return {k: (v, f"file {p}") for k, v in flat.items()}
+
+
+def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, str]]:
+    """Sweep parameters from the YAML file ``wandb agent`` writes ({name: {value: v}})."""
+    if not param_path or not Path(param_path).is_file():
+        return {}
+    data = yaml.safe_load(Path(param_path).read_text()) or {}
+    out = {}
+    for k, v in data.items():
+        if k.startswith("_") or k == "wandb_version":
+            continue
+        out[k] = (v["value"] if isinstance(v, dict) and "value" in v else v, "sweep")
+    return out
+
+
+def mapping_layer(values: Mapping[str, Any], source: str) -> dict[str, tuple[Any, str]]:
+    return {k: (v, source) for k, v in values.items()}
+
+
+def resolve(*layers: dict[str, tuple[Any, str]]) -> Config:
+    """Apply layers in order (later wins) over the defaults; collect every problem."""
+    cfg = Config()
+    cfg.sources = {k: "default" for k in KNOWN_KEYS}
+    problems: list[str] = []
+    for layer in layers:
+        for key, (value, source) in layer.items():
+            _apply(cfg, key, value, source, problems)
+    problems += validate_config(cfg, check_model=False)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) -> None:
+    head, _, sub = key.partition(".")
+    if head in GROUPS and sub and "." not in sub:
+        head, sub = sub, ""  # "experiment.learning_rate" -> "learning_rate"
+    if head not in FIELD_GROUP:
+        problems.append(f"{key}: unknown setting (from {source}){close_matches(head, known_param_paths())}")
+        return
+    if head in SECRET_FIELDS and source == "sweep":
+        problems.append(f"{key}: cannot be set by a sweep")
+        return
+    group = getattr(cfg, FIELD_GROUP[head])
+    if head in NESTED:
+        current = getattr(group, head)
+        if sub:
+            updates = {sub: value}
+        else:
+            if isinstance(value, str):
+                value = parse_literal(value)
+            if not isinstance(value, dict):
+                problems.append(f"{key}={value!r} (from {source}): must be a mapping with keys {sorted(NESTED_FIELDS[head])}")
+                return
+            updates = value
+        new = dataclasses.replace(current)
+        for k, v in updates.items():
+            if k not in NESTED_FIELDS[head]:
+                problems.append(f"{head}.{k}: unknown setting (from {source}); allowed: {', '.join(sorted(NESTED_FIELDS[head]))}")
+                continue
+            try:
+                setattr(new, k, coerce(f"{head}.{k}", v, NESTED_FIELDS[head][k]))
+            except ValueError as exc:
+                problems.append(f"{head}.{k}={v!r} (from {source}): {exc}")
+        setattr(group, head, new)
+        cfg.sources[head] = source
+        return
+    if sub:
+        problems.append(f"{key}: {head} has no sub-settings (from {source})")
+        return
+    try:
+        setattr(group, head, coerce(head, value, FIELD_TYPES[head]))
+        cfg.sources[head] = source
+    except ValueError as exc:
+        problems.append(f"{head}={_safe_repr(head, value)} (from {source}): {exc}")
+
+
+def _safe_repr(name: str, value: Any) -> str:
+    return "<hidden>" if name in SECRET_FIELDS else repr(value)
+
+
+# ---------------------------------------------------------------------------
+# Validation: every problem at once, each naming field, value, source, allowed.
+# ---------------------------------------------------------------------------
+def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
+    problems: list[str] = []
+
+    def bad(name: str, allowed: str, value: Any = None) -> None:
+        v = cfg.get(name) if value is None else value
+        problems.append(f"{name}={_safe_repr(name, v)} (from {cfg.sources.get(name, 'default')}): {allowed}")
+
+    e, d, w, lg = cfg.experiment, cfg.data, cfg.wandb, cfg.logging
+    if w.mode is not None and w.mode not in WANDB_MODES:
+        bad("mode", f"allowed: {', '.join(WANDB_MODES)}")
+    if e.optimizer.lower() not in OPTIMIZERS:
+        bad("optimizer", f"allowed: {', '.join(OPTIMIZERS)}{close_matches(e.optimizer, OPTIMIZERS)}")
+    if e.scheduler.lower() not in SCHEDULERS:
+        bad("scheduler", f"allowed: {', '.join(SCHEDULERS)}{close_matches(e.scheduler, SCHEDULERS)}")
+    if e.amp_dtype not in AMP_DTYPES:
+        bad("amp_dtype", f"allowed: {', '.join(AMP_DTYPES)}")
+    if e.device not in DEVICES and not e.device.startswith("cuda:"):
+        bad("device", f"allowed: {', '.join(DEVICES)} or cuda:N")
+    if d.resize not in RESIZE_MODES:
+        bad("resize", f"allowed: {', '.join(RESIZE_MODES)}")
+    for name, lo in (("img_size", 16), ("batch_size", 1), ("epochs", 1), ("log_interval", 1)):
+        if cfg.get(name) < lo:
+            bad(name, f"must be >= {lo}")
+    if e.num_classes is not None and e.num_classes < 2:
+        bad("num_classes", "must be >= 2 (or empty to infer from the data)")
+    if not (0 < e.learning_rate < 10):
+        bad("learning_rate", "must be > 0 and < 10")
+    for name in ("weight_decay", "warmup_lr", "min_lr", "drop_rate"):
+        if cfg.get(name) < 0:
+            bad(name, "must be >= 0")
+    if e.warmup_epochs < 0 or e.warmup_epochs >= e.epochs:
+        bad("warmup_epochs", f"must be >= 0 and < epochs ({e.epochs})")
+    if not (0 <= e.label_smoothing < 1):
+        bad("label_smoothing", "must be in [0, 1)")
+    if e.grad_clip is not None and e.grad_clip <= 0:
+        bad("grad_clip", "must be > 0 or empty")
+    for k, v in dataclasses.asdict(e.augment).items():
+        if not (0 <= v <= 1):
+            problems.append(f"augment.{k}={v!r} (from {cfg.sources.get('augment')}): must be in [0, 1]")
+    m = e.mixup
+    if m.alpha < 0 or m.cutmix_alpha < 0:
+        problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): alphas must be >= 0")
+    if not (0 <= m.prob <= 1 and 0 <= m.switch_prob <= 1):
+        problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): prob and switch_prob must be in [0, 1]")
+    from .tta import TTA_VIEWS
+
+    for v in e.tta:
+        if v not in TTA_VIEWS:
+            bad("tta", f"unknown view {v!r}; allowed: {', '.join(TTA_VIEWS)}")
+    if not (0 < d.val_fraction < 1) and d.folds <= 1:
+        bad("val_fraction", "must be in (0, 1)")
+    if d.folds == 1 or d.folds < 0:
+        bad("folds", "must be 0 (plain split) or >= 2")
+    if d.folds >= 2 and not (0 <= d.fold < d.folds):
+        bad("fold", f"must be in [0, {d.folds - 1}] for folds={d.folds}")
+    if d.num_workers < 0:
+        bad("num_workers", "must be >= 0")
+    if lg.system_interval <= 0:
+        bad("system_interval", "must be > 0 seconds")
+    if e.pretrained_path and not Path(e.pretrained_path).is_file():
+        bad("pretrained_path", "file does not exist")
+    if check_model:
+        problems += validate_model_name(cfg)
+    return problems
+
+
+def validate_model_name(cfg: Config) -> list[str]:
+    import timm
+
+    name = cfg.experiment.model_name
+    if timm.is_model(name.split(".")[0]):
+        return []
+    hint = close_matches(name, timm.list_models(), n=5)
+    return [f"model_name={name!r} (from {cfg.sources.get('model_name')}): not a timm model{hint}; "
+            f"see timm.list_models()"]

@@ -1,0 +1,430 @@
+"""The training loop: ``train(config, reporter) -> TrainResult``.
+
+The trainer knows nothing about sweeps. A reporter, when given, is called
+after every epoch with that epoch's metrics and may answer ``"stop"``: the run
+then ends early, cleanly, marked finished, with its best checkpoint. A
+``stop_event`` set from outside (a signal handler, say) ends the run at the
+next batch as ``preempted``; ``last.pt`` of the last whole epoch is what
+``--resume`` continues from.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import data as D
+from .config import Config, ConfigError, validate_config
+from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
+from .model import build_model, model_stats
+from .system import SystemMonitor, environment_info
+from .tracking import create_run_name, finish_run, init_wandb, save_model_artifact
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[int, dict], Optional[str]]
+SUMMARY_KEYS = ("best_val_f1", "val_f1", "val_acc", "train_loss", "val_loss", "params_total",
+                "params_trainable", "flops", "epoch_time", "state")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, epoch: int, step: int, value: float):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(f"loss became {value} at epoch {epoch}, global step {step}: the run stops as failed. "
+                         "Lower learning_rate, add warmup_epochs or grad_clip, or turn amp off.")
+
+
+@dataclass
+class TrainResult:
+    state: str                      # finished | stopped | preempted | failed
+    summary: dict
+    output_dir: Path
+    best_checkpoint: Optional[Path]
+    run_id: Optional[str] = None
+    reason: Optional[str] = None
+    history: list = field(default_factory=list)
+
+    @property
+    def best_val_f1(self) -> float:
+        return self.summary.get("best_val_f1", float("nan"))
+
+
+# ---------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    # Reseeding from (seed, epoch) at every epoch start makes a resumed run draw
+    # the same mixup/dropout/shuffle numbers as an uninterrupted one.
+    return (seed * 1_000_003 + epoch * 7919) % 2**31
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError([f"device={name!r}: CUDA is not available on this machine; use device=auto or cpu"])
+    return torch.device(name)
+
+
+class Normalizer(nn.Module):
+    """uint8 NCHW batch -> normalised float on the device (cheaper than per-sample on the CPU)."""
+
+    def __init__(self, device, channels_last: bool):
+        super().__init__()
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.mean.device, non_blocking=True).float()
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+@dataclass
+class DataBundle:
+    index: D.DatasetIndex
+    train_ds: D.CachedImageDataset
+    val_ds: D.CachedImageDataset
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    generator: torch.Generator
+
+
+def build_data(cfg: Config, device: torch.device) -> DataBundle:
+    e, d = cfg.experiment, cfg.data
+    index = D.load_index(d)
+    decoded = D.load_or_build_cache(index.paths, e.img_size, d.resize, d.cache_dir, progress=cfg.logging.progress)
+    skip = D.check_bad_images(decoded.bad, d.skip_bad_images)
+    tr, va = D.split_indices(index.labels, d, e.seed)
+    if skip:
+        keep = np.array([p not in skip for p in index.paths])
+        tr, va = tr[keep[tr]], va[keep[va]]
+    if len(tr) < e.batch_size and (e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0):
+        raise ConfigError([f"batch_size={e.batch_size}: larger than the {len(tr)} training images"])
+    train_ds = D.CachedImageDataset(decoded.array, index.labels, tr, aug=e.augment, seed=e.seed)
+    val_ds = D.CachedImageDataset(decoded.array, index.labels, va, aug=None)
+    g = torch.Generator()
+    pin = device.type == "cuda"
+    common = dict(num_workers=d.num_workers, pin_memory=pin, persistent_workers=False)
+    use_mixup = e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0
+    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=e.batch_size, shuffle=True, generator=g,
+                                               drop_last=use_mixup and len(tr) >= e.batch_size, **common)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=e.batch_size * 2, shuffle=False, **common)
+    return DataBundle(index, train_ds, val_ds, train_loader, val_loader, g)
+
+
+def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    e = cfg.experiment
+    optimizer = create_optimizer_v2(model, opt=e.optimizer.lower(), lr=e.learning_rate,
+                                    weight_decay=e.weight_decay, momentum=e.momentum)
+    scheduler = None
+    if e.scheduler != "none":
+        scheduler, _ = create_scheduler_v2(optimizer, sched=e.scheduler, num_epochs=e.epochs,
+                                           warmup_epochs=e.warmup_epochs, warmup_lr=e.warmup_lr,
+                                           min_lr=e.min_lr, decay_epochs=max(1, e.epochs // 3),
+                                           step_on_epochs=True)
+    mixup = None
+    if e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0:
+        mixup = Mixup(mixup_alpha=e.mixup.alpha, cutmix_alpha=e.mixup.cutmix_alpha, prob=e.mixup.prob,
+                      switch_prob=e.mixup.switch_prob, label_smoothing=e.label_smoothing, num_classes=num_classes)
+        train_loss = SoftTargetCrossEntropy()
+    else:
+        train_loss = nn.CrossEntropyLoss(label_smoothing=e.label_smoothing)
+    return optimizer, scheduler, mixup, train_loss
+
+
+def amp_context(cfg: Config, device: torch.device):
+    e = cfg.experiment
+    if not e.amp or device.type != "cuda":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if e.amp_dtype == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+# ---------------------------------------------------------------------------
+def train_one_epoch(model, loader, optimizer, loss_fn, normalize, *, epoch: int, global_step: int,
+                    mixup=None, autocast=contextlib.nullcontext, scaler=None, grad_clip=None,
+                    log_interval: int = 20, log_fn=None, stop_event: threading.Event | None = None,
+                    progress: bool = False) -> tuple[dict, int, bool]:
+    """One pass over ``loader``. Returns (metrics, global_step, interrupted)."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    device = normalize.mean.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
+    for i, (x, y) in enumerate(bar):
+        if stop_event is not None and stop_event.is_set():
+            return {}, global_step, True
+        x = normalize(x)
+        y = y.to(device, non_blocking=True)
+        target = y
+        if mixup is not None:
+            x, target = mixup(x, y)
+        with autocast():
+            out = model(x)
+            loss = loss_fn(out, target)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        global_step += 1
+        ld = loss.detach()
+        # No host sync per batch: sums and the first bad step stay on the device.
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(ld), torch.tensor(global_step, device=device), first_bad)
+        loss_sum += ld.float() * y.shape[0]
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += y.shape[0]
+        if global_step % log_interval == 0 or i == len(loader) - 1:
+            bad = int(first_bad)
+            if bad >= 0:
+                raise NonFiniteLossError(epoch, bad, float("nan") if math.isnan(ld.item()) else ld.item())
+            if log_fn is not None and global_step % log_interval == 0:
+                log_fn({"batch/loss": ld.item(), "global_step": global_step})
+    if seen == 0:
+        return {"train_loss": float("nan"), "train_acc": float("nan")}, global_step, False
+    return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}, global_step, False
+
+
+@torch.no_grad()
+def evaluate(model, loader, normalize, num_classes: int, autocast=contextlib.nullcontext):
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total, n = 0.0, 0
+    preds, labels = [], []
+    for x, y in loader:
+        x = normalize(x)
+        y = y.to(x.device)
+        with autocast():
+            out = model(x)
+        total += float(loss_fn(out.float(), y))
+        n += y.shape[0]
+        preds.append(out.argmax(1).cpu())
+        labels.append(y.cpu())
+    y_true = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=int)
+    y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
+    m = epoch_metrics(y_true, y_pred, num_classes)
+    return {"val_loss": total / max(n, 1), "val_acc": m["acc"], "val_f1": m["f1"]}, y_true, y_pred
+
+
+# ---------------------------------------------------------------------------
+def resolve_output_dir(cfg: Config) -> Path:
+    if cfg.paths.output_dir:
+        return Path(cfg.paths.output_dir)
+    return Path(cfg.paths.output_root) / (cfg.wandb.run_name or create_run_name(cfg))
+
+
+def train(config: Config, reporter: Reporter | None = None, *, resume: str | None = None,
+          stop_event: threading.Event | None = None, wandb_dir: str | None = None) -> TrainResult:
+    """Train one model as ``config`` says, logging everything to W&B.
+
+    ``resume``: a checkpoint path, or ``"auto"`` for ``<checkpoint_dir>/last.pt`` when it exists.
+    """
+    problems = validate_config(config)
+    if problems:
+        raise ConfigError(problems)
+    cfg = config
+    e = cfg.experiment
+    seed_everything(e.seed)
+    device = select_device(e.device)
+    out_dir = resolve_output_dir(cfg)
+    ckpt_dir = Path(cfg.paths.checkpoint_dir) if cfg.paths.checkpoint_dir else out_dir / "checkpoints"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if e.amp and device.type != "cuda":
+        log.info("amp=True has no effect on %s; training in float32", device)
+
+    data = build_data(cfg, device)
+    num_classes = e.num_classes or data.index.num_classes
+    if num_classes < data.index.num_classes:
+        raise ConfigError([f"num_classes={num_classes} (from {cfg.sources.get('num_classes')}): the data has "
+                           f"{data.index.num_classes} classes"])
+    model = build_model(e, num_classes).to(device)
+    channels_last = e.channels_last and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    stats = model_stats(model, e, device)
+    optimizer, scheduler, mixup, loss_fn = build_optimization(cfg, model, num_classes)
+    autocast, scaler = amp_context(cfg, device)
+    normalize = Normalizer(device, channels_last)
+
+    state = ckpt.TrainState()
+    resume_path = ckpt.find_resume(resume, ckpt_dir)
+    if resume_path is not None:
+        state = ckpt.load(resume_path, model, optimizer, scheduler, scaler, device)
+        log.info("resuming from %s after epoch %d", resume_path, state.epoch)
+
+    extra = {"env": environment_info(), "model": stats, "num_classes": num_classes,
+             "class_names": data.index.class_names, "n_train": len(data.train_ds), "n_val": len(data.val_ds),
+             "output_dir": str(out_dir)}
+    run = init_wandb(cfg, extra, resume=resume_path is not None, wandb_dir=wandb_dir)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
+
+    run_log = (lambda d: run.log(d)) if not run.disabled else None
+    monitor = SystemMonitor(cfg.logging.system_interval, sink=run_log).start()
+    result_state, reason, exit_code = "finished", None, 0
+    summary: dict = {}
+    try:
+        for epoch in range(state.epoch + 1, e.epochs + 1):
+            t0 = time.perf_counter()
+            es = epoch_seed(e.seed, epoch)
+            seed_everything(es)
+            data.generator.manual_seed(es)
+            data.train_ds.set_epoch(epoch)
+            train_m, state.global_step, interrupted = train_one_epoch(
+                model, data.train_loader, optimizer, loss_fn, normalize, epoch=epoch, global_step=state.global_step,
+                mixup=mixup, autocast=autocast, scaler=scaler, grad_clip=e.grad_clip,
+                log_interval=cfg.logging.log_interval, log_fn=run_log, stop_event=stop_event,
+                progress=cfg.logging.progress)
+            if interrupted:
+                result_state, reason = "preempted", "stop requested during epoch %d" % epoch
+                break
+            val_m, y_true, y_pred = evaluate(model, data.val_loader, normalize, num_classes, autocast)
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step(epoch)
+            improved = val_m["val_f1"] > state.best_val_f1
+            if improved:
+                state.best_val_f1, state.best_epoch = val_m["val_f1"], epoch
+                state.best_preds = (y_true.tolist(), y_pred.tolist())
+            metrics = {"epoch": epoch, **train_m, **val_m, "lr": lr, "epoch_time": time.perf_counter() - t0,
+                       "best_val_f1": state.best_val_f1}
+            state.epoch = epoch
+            state.history.append(metrics)
+            if improved:
+                ckpt.save(ckpt_dir / "best.pt", model, optimizer, scheduler, scaler, state, cfg, data.index.class_names)
+            if cfg.paths.save_last:
+                ckpt.save(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, state, cfg, data.index.class_names)
+            if run_log:
+                run_log(metrics)
+            log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  (%.1fs)", epoch,
+                     e.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_acc"], metrics["val_f1"],
+                     metrics["epoch_time"])
+            answer = reporter(epoch, dict(metrics)) if reporter is not None else None
+            if epoch < e.epochs:
+                if answer == "stop":
+                    result_state, reason = "stopped", f"stopped by the controller after epoch {epoch}"
+                    break
+                if answer == "preempt" or (stop_event is not None and stop_event.is_set()):
+                    result_state, reason = "preempted", f"preempted after epoch {epoch}"
+                    break
+    except BaseException as exc:
+        result_state, exit_code = "failed", 1
+        reason = f"{type(exc).__name__}: {exc}"
+        summary = _summary(state, stats, result_state, reason, monitor.stop())
+        _write_json(out_dir / "summary.json", summary)
+        finish_run(run, exit_code)
+        raise
+
+    summary = _summary(state, stats, result_state, reason, monitor.stop())
+    best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else None
+    if state.best_preds is not None:
+        _final_reports(run, out_dir, state, data.index.class_names, num_classes)
+    if cfg.wandb.log_artifacts and best_path is not None:
+        meta = {"val_f1": state.best_val_f1, "epoch": state.best_epoch, "params": stats["params_total"],
+                "flops": stats["flops"], "model_name": e.model_name, "img_size": e.img_size}
+        save_model_artifact(run, best_path, aliases=["best", f"epoch-{state.best_epoch}"], metadata=meta)
+        if (ckpt_dir / "last.pt").exists() and state.epoch != state.best_epoch:
+            save_model_artifact(run, ckpt_dir / "last.pt", aliases=["latest", f"epoch-{state.epoch}"],
+                                metadata={**meta, "epoch": state.epoch})
+    if run is not None and not run.disabled:
+        for k, v in summary.items():
+            if k != "state" and isinstance(v, (int, float)):
+                run.summary[k] = v
+        run.summary["state"] = result_state
+    _write_json(out_dir / "summary.json", summary)
+    run_id = None if run is None or run.disabled else run.id
+    # A stopped (early-terminated) or preempted run ends cleanly: exit code 0.
+    finish_run(run, 0)
+    return TrainResult(result_state, summary, out_dir, best_path, run_id, reason, list(state.history))
+
+
+def _summary(state: ckpt.TrainState, stats: dict, result_state: str, reason, sys_peaks: dict) -> dict:
+    last = state.history[-1] if state.history else {}
+    out = {k: last.get(k, float("nan")) for k in ("val_f1", "val_acc", "val_loss", "train_loss", "train_acc",
+                                                 "lr", "epoch_time")}
+    out.update({
+        "best_val_f1": state.best_val_f1 if state.best_epoch else float("nan"),
+        "best_epoch": state.best_epoch,
+        "epochs_completed": state.epoch,
+        "params_total": stats["params_total"],
+        "params_trainable": stats["params_trainable"],
+        "flops": stats["flops"],
+        "model_name": stats["model_name"],
+        "state": result_state,
+        "reason": reason,
+        **sys_peaks,
+    })
+    return out
+
+
+def _final_reports(run, out_dir: Path, state: ckpt.TrainState, class_names: list[str], num_classes: int) -> None:
+    y_true, y_pred = state.best_preds
+    names = class_names + [str(i) for i in range(len(class_names), num_classes)]
+    cm = confusion(y_true, y_pred, num_classes)
+    per_class = per_class_report(y_true, y_pred, names)
+    _write_json(out_dir / "confusion_matrix.json", {"class_names": names, "matrix": cm.tolist(),
+                                                   "epoch": state.best_epoch})
+    _write_json(out_dir / "per_class.json", per_class)
+    save_confusion_png(cm, names, out_dir / "confusion_matrix.png")
+    if run is None or run.disabled:
+        return
+    import wandb
+
+    run.log({
+        "confusion_matrix": wandb.plot.confusion_matrix(y_true=list(y_true), preds=list(y_pred), class_names=names),
+        "confusion_matrix_png": wandb.Image(str(out_dir / "confusion_matrix.png")),
+        "per_class": wandb.Table(columns=list(per_class[0]), data=[list(r.values()) for r in per_class]),
+    })
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

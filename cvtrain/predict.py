@@ -1,0 +1,66 @@
+"""Write a submission CSV in ``sample_submission.csv`` order from a checkpoint, with optional TTA."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import ExperimentConfig, mapping_layer, resolve
+from .data import check_bad_images, load_or_build_cache, resolve_image
+from .engine import Normalizer, select_device
+from .model import build_model
+from .tta import apply_view
+
+
+def load_for_inference(checkpoint: str | Path, device: torch.device):
+    obj = ckpt.read(checkpoint, "cpu")
+    saved = {k: v for k, v in obj["config"].items()}
+    cfg = resolve(mapping_layer(saved, f"checkpoint {checkpoint}"))
+    exp: ExperimentConfig = cfg.experiment
+    exp.pretrained = False  # the checkpoint holds the weights
+    num_classes = obj["model"][next(k for k in reversed(list(obj["model"])) if k.endswith("weight"))].shape[0]
+    model = build_model(exp, num_classes)
+    model.load_state_dict(obj["model"])
+    return model.to(device).eval(), cfg, obj["class_names"]
+
+
+@torch.no_grad()
+def predict_probs(model, images, normalize, views: list[str], batch_size: int) -> torch.Tensor:
+    """Mean softmax over the TTA views; ``images`` is (N, H, W, 3) uint8."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[s:s + batch_size].copy()).permute(0, 3, 1, 2)
+        x = normalize(x)
+        p = sum(torch.softmax(model(apply_view(x, v)).float(), dim=1) for v in views) / len(views)
+        out.append(p.cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def predict_submission(checkpoint: str, data_dir: str, output: str = "submission.csv", test_dir: str = "test",
+                       sample_submission: str = "sample_submission.csv", tta=None, batch_size: int = 64,
+                       device: str = "auto", cache_dir: str | None = None) -> Path:
+    dev = select_device(device)
+    model, cfg, _ = load_for_inference(checkpoint, dev)
+    views = cfg.experiment.tta if tta is None or tta is True else (["none"] if tta is False else list(tta))
+    root = Path(data_dir)
+    sub_path = root / sample_submission
+    if not sub_path.is_file():
+        raise FileNotFoundError(f"{sub_path} does not exist: predict writes rows in its order")
+    with sub_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or ["ID", "target"]
+        ids = [r["ID"] for r in reader]
+    paths = [str(resolve_image(root / test_dir, i)) for i in ids]
+    decoded = load_or_build_cache(paths, cfg.experiment.img_size, cfg.data.resize, cache_dir or cfg.data.cache_dir)
+    check_bad_images(decoded.bad, skip=False)
+    probs = predict_probs(model, decoded.array, Normalizer(dev, False), views, batch_size)
+    preds = probs.argmax(1).tolist()
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields[:2])
+        w.writerows(zip(ids, preds))
+    return out

@@ -1,0 +1,19 @@
+"""Test-time views: the rotations and flips the documents' test set has."""
+from __future__ import annotations
+
+import torch
+
+TTA_VIEWS = ("none", "rot90", "rot180", "rot270", "hflip", "vflip")
+
+
+def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """Apply one view to a batch (N, C, H, W)."""
+    if view == "none":
+        return x
+    if view.startswith("rot"):
+        return torch.rot90(x, k=int(view[3:]) // 90, dims=(2, 3))
+    if view == "hflip":
+        return torch.flip(x, dims=(3,))
+    if view == "vflip":
+        return torch.flip(x, dims=(2,))
+    raise ValueError(f"unknown TTA view {view!r}; allowed: {', '.join(TTA_VIEWS)}")

@@ -277,8 +277,19 @@ def augment(img: torch.Tensor, aug: AugmentConfig, g: torch.Generator) -> torch.
         noise = torch.randn(img.shape, generator=g) * uniform(3, 15)
         img = (img.float() + noise).clamp_(0, 255).to(torch.uint8)
     if coin(aug.jpeg):
-        img = TF.jpeg(img, quality=int(uniform(20, 60)))
+        img = jpeg_damage(img, int(uniform(20, 60)))
     return img
+
+
+def jpeg_damage(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """Re-compress a uint8 CHW tensor as JPEG at ``quality`` (PIL; torchvision's codec is deprecated)."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
 
 
 class CachedImageDataset(torch.utils.data.Dataset):

@@ -1,0 +1,108 @@
+import csv
+import subprocess
+
+import numpy as np
+import pytest
+
+from cvtrain import data as D
+from cvtrain.config import DataConfig
+from cvtrain.demo_data import CLASS_NAMES, make_demo_data
+from conftest import PY
+
+
+def test_demo_data_has_the_competition_layout_and_is_deterministic(tmp_path):
+    a = make_demo_data(tmp_path / "a", per_class=2, test_per_class=1, seed=4)
+    b = make_demo_data(tmp_path / "b", per_class=2, test_per_class=1, seed=4)
+    rows = list(csv.DictReader((a / "train.csv").open()))
+    assert set(rows[0]) == {"ID", "target"} and len(rows) == 34
+    meta = list(csv.DictReader((a / "meta.csv").open()))
+    assert [m["class_name"] for m in meta] == CLASS_NAMES and len(meta) == 17
+    assert all((a / "train" / r["ID"]).exists() for r in rows)
+    sub = list(csv.DictReader((a / "sample_submission.csv").open()))
+    assert len(sub) == 17 and all((a / "test" / r["ID"]).exists() for r in sub)
+    assert (a / "train.csv").read_text() == (b / "train.csv").read_text()
+    first = rows[0]["ID"]
+    assert (a / "train" / first).read_bytes() == (b / "train" / first).read_bytes()
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class(demo_dir):
+    idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
+    assert idx.num_classes == 17 and idx.class_names[0] == CLASS_NAMES[0]
+    cfg = DataConfig(data_dir=str(demo_dir), val_fraction=0.2)
+    tr1, va1 = D.split_indices(idx.labels, cfg, seed=1)
+    tr2, va2 = D.split_indices(idx.labels, cfg, seed=1)
+    tr3, va3 = D.split_indices(idx.labels, cfg, seed=2)
+    assert np.array_equal(va1, va2) and not np.array_equal(va1, va3)
+    assert not set(tr1) & set(va1) and len(tr1) + len(va1) == len(idx.labels)
+    assert len(set(np.asarray(idx.labels)[va1])) == 17  # stratified: 17 val images, one per class
+
+
+def test_kfold_folds_partition_the_data(demo_dir):
+    idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
+    vals = [D.split_indices(idx.labels, DataConfig(folds=5, fold=f), seed=0)[1] for f in range(5)]
+    allv = np.concatenate(vals)
+    assert len(allv) == len(idx.labels) and len(set(allv)) == len(idx.labels)
+
+
+def test_imagefolder_layout(tmp_path, demo_dir):
+    from PIL import Image
+
+    for c in ("cats", "dogs"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(tmp_path / "train" / c / f"{i}.jpg")
+    idx = D.load_index(DataConfig(data_dir=str(tmp_path)))
+    assert idx.class_names == ["cats", "dogs"] and idx.labels == [0, 0, 0, 1, 1, 1]
+
+
+def test_cache_is_built_once_and_reused_across_processes(demo_dir, tmp_path):
+    idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
+    paths = idx.paths[:10]
+    a = D.load_or_build_cache(paths, 32, "pad", tmp_path, progress=False)
+    mtime = a.path.stat().st_mtime_ns
+    code = ("import sys; from cvtrain import data as D; "
+            f"c = D.load_or_build_cache({paths!r}, 32, 'pad', {str(tmp_path)!r}, progress=False); "
+            "print(c.path, int(c.array.sum()))")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == str(a.path) and int(out[1]) == int(np.asarray(a.array).sum())
+    assert a.path.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert isinstance(a.array, np.memmap) and a.array.shape == (10, 32, 32, 3)
+    b = D.load_or_build_cache(paths, 48, "pad", tmp_path, progress=False)
+    assert b.path != a.path and b.array.shape == (10, 48, 48, 3)
+    np.testing.assert_array_equal(a.array[3], D.decode_image(paths[3], 32, "pad"))
+
+
+def test_corrupt_and_missing_images_are_all_named_or_skipped(demo_dir, tmp_path, tiny):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    rows = list(csv.DictReader((data / "train.csv").open()))
+    (data / "train" / rows[0]["ID"]).write_bytes(b"not a jpeg at all")
+    (data / "train" / rows[1]["ID"]).unlink()
+    cfg = tiny(data_dir=str(data), cache_dir=str(tmp_path / "c"), epochs=1)
+    from cvtrain.engine import train
+
+    with pytest.raises(D.DataError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "2 image(s) could not be read" in msg and rows[0]["ID"] in msg and rows[1]["ID"] in msg
+    assert "--skip_bad_images=True" in msg
+    with pytest.warns(UserWarning, match="skipping 2 unreadable"):
+        result = train(tiny(data_dir=str(data), cache_dir=str(tmp_path / "c"), epochs=1, skip_bad_images=True))
+    assert result.state == "finished"
+
+
+def test_augmentation_is_deterministic_per_seed_epoch_and_index(demo_dir, cache_dir):
+    from cvtrain.config import AugmentConfig
+
+    idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
+    arr = D.load_or_build_cache(idx.paths, 32, "pad", cache_dir, progress=False).array
+    strong = AugmentConfig(rotate=1, flip=1, affine=1, blur=1, noise=1, jpeg=1)
+    ds = D.CachedImageDataset(arr, idx.labels, range(len(idx.labels)), aug=strong, seed=3)
+    x1, y1 = ds[4]
+    x2, _ = ds[4]
+    ds.set_epoch(1)
+    x3, _ = ds[4]
+    assert x1.dtype.is_floating_point is False and x1.shape == (3, 32, 32) and y1 == idx.labels[4]
+    assert (x1 == x2).all() and not (x1 == x3).all()

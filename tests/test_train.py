@@ -1,0 +1,125 @@
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvtrain import checkpoint as ckpt
+from cvtrain.engine import NonFiniteLossError, train
+from conftest import PY, ROOT, SECRET, assert_secret_absent
+
+EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "epoch", "epoch_time", "best_val_f1")
+SUMMARY_KEYS = ("best_val_f1", "val_f1", "val_acc", "train_loss", "val_loss", "params_total", "params_trainable",
+                "flops", "epoch_time", "state")
+
+
+def cli_env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items()}
+    env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-root"), PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def test_cli_offline_run_writes_config_summary_checkpoints_and_wandb_run(demo_dir, cache_dir, tmp_path):
+    out = tmp_path / "run1"
+    env = cli_env(tmp_path, WANDB_API_KEY=SECRET)  # a key in the environment must not leak anywhere
+    proc = subprocess.run([PY, "-m", "cvtrain", f"--data_dir={demo_dir}", "--model_name=test_resnet",
+                           "--img_size=32", "--batch_size=16", "--learning_rate=0.003", "--epochs=2", "--seed=3",
+                           f"--output_dir={out}", f"--cache_dir={cache_dir}", "--num_workers=0", "--progress=False",
+                           "--mode=offline", "--system_interval=0.2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for k in SUMMARY_KEYS:
+        assert k in summary, k
+    assert summary["state"] == "finished" and summary["params_total"] > 0 and summary["flops"] > 0
+    assert 0.0 <= summary["best_val_f1"] <= 1.0 and summary["best_val_f1"] >= summary["val_f1"]
+    assert "sys/proc_rss_gb_peak" in summary and not any(k.startswith("gpu/") for k in summary)  # no GPU here
+    cfg = (out / "config.yaml").read_text()
+    assert "learning_rate: 0.003" in cfg and "api_key" not in cfg
+    assert (out / "checkpoints" / "best.pt").exists() and (out / "checkpoints" / "last.pt").exists()
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    per_class = json.loads((out / "per_class.json").read_text())
+    assert len(per_class) == 17 and {"precision", "recall", "f1", "support"} <= set(per_class[0])
+    runs = list((tmp_path / "wandb-root" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert list((tmp_path / "wandb-root" / "wandb").glob("offline-run-*/files/*")), "no run files"
+    assert_secret_absent(out, tmp_path / "wandb-root")
+
+
+def test_reporter_sees_every_epoch_and_stop_ends_cleanly_with_best_checkpoint(tiny):
+    seen = []
+
+    def reporter(epoch, metrics):
+        seen.append(metrics)
+        return "stop" if epoch == 2 else None
+
+    result = train(tiny(epochs=5), reporter)
+    assert [m["epoch"] for m in seen] == [1, 2]
+    for k in EPOCH_KEYS:
+        assert k in seen[0], k
+    assert result.state == "stopped" and "after epoch 2" in result.reason
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+    assert json.loads((result.output_dir / "summary.json").read_text())["state"] == "stopped"
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny, tmp_path):
+    full = train(tiny(epochs=3, output_dir=str(tmp_path / "full"), mixup={"alpha": 0.2}))
+    cut = train(tiny(epochs=3, output_dir=str(tmp_path / "cut"), mixup={"alpha": 0.2}),
+                reporter=lambda e, m: "preempt" if e == 2 else None)
+    assert cut.state == "preempted" and len(cut.history) == 2
+    resumed = train(tiny(epochs=3, output_dir=str(tmp_path / "cut"), mixup={"alpha": 0.2}), resume="auto")
+    assert resumed.state == "finished" and [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(full.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
+        assert a["val_f1"] == pytest.approx(b["val_f1"], abs=1e-6)
+    wa = ckpt.read(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    wb = ckpt.read(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    for k in wa:
+        if wa[k].is_floating_point():
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_fails_the_run_naming_epoch_and_step(demo_dir, cache_dir, tmp_path):
+    out = tmp_path / "nan"
+    proc = subprocess.run([PY, "-m", "cvtrain", f"--data_dir={demo_dir}", "--model_name=test_resnet",
+                           "--img_size=32", "--batch_size=8", "--optimizer=sgd", "--learning_rate=1.0",
+                           "--weight_decay=1000000.0", "--epochs=2", "--log_interval=1", f"--output_dir={out}",
+                           f"--cache_dir={cache_dir}", "--num_workers=0", "--progress=False"],
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "at epoch 1, global step" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["state"] == "failed" and "NonFiniteLossError" in summary["reason"]
+
+
+def test_non_finite_guard_raises_in_library_use(tiny):
+    with pytest.raises(NonFiniteLossError) as err:
+        train(tiny(optimizer="sgd", learning_rate=1.0, weight_decay=1e6, log_interval=1))
+    assert err.value.epoch == 1 and err.value.step >= 1
+
+
+def test_pretrained_from_a_local_file_loads_those_weights(tiny, tmp_path):
+    import timm
+
+    src = timm.create_model("test_resnet", num_classes=5)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    from cvtrain.model import build_model
+
+    cfg = tiny(pretrained=True, pretrained_path=str(tmp_path / "w.pth"))
+    model = build_model(cfg.experiment, 17)
+    first = next(k for k in src.state_dict() if k.endswith("conv1.weight") or k.endswith("conv.weight"))
+    torch.testing.assert_close(model.state_dict()[first], src.state_dict()[first])
+    assert model.get_classifier().out_features == 17
+
+
+def test_pretrained_without_file_or_network_says_what_to_do(tiny, monkeypatch):
+    from cvtrain.model import PretrainedWeightsError, build_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the network boundary: no hub reachable
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    with pytest.raises(PretrainedWeightsError) as err:
+        build_model(tiny(pretrained=True).experiment, 17)
+    msg = str(err.value)
+    assert "--pretrained_path=" in msg and "--pretrained=False" in msg and "test_resnet" in msg

@@ -1,9 +1,71 @@
-"""The ``cvsweep`` command line."""
+"""The ``cvsweep`` command line.
+
+    cvsweep validate sweeps/demo.yaml
+    cvsweep create sweeps/demo.yaml --backend local      # prints the sweep id last
+    cvsweep agent SWEEP --gpus all                       # one worker per GPU (or --gpus none --workers 2)
+    cvsweep leaderboard SWEEP --format markdown --write-back
+    cvsweep demo                                         # demo data + local sweep + agents + leaderboard
+"""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import click
+
+from cvtrain.config import read_env_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(env_file: str = ".env") -> dict:
+    """.env under the environment, without touching os.environ."""
+    return {**read_env_file(env_file), **os.environ}
+
+
+def api_key_configured(env: dict) -> bool:
+    return bool(env.get("WANDB_API_KEY"))
+
+
+def default_backend(env: dict) -> tuple[str, str]:
+    mode = (env.get("WANDB_MODE") or "online").lower()
+    if api_key_configured(env) and mode == "online":
+        return "wandb", "a W&B API key is configured and WANDB_MODE is online"
+    why = "no W&B API key configured" if not api_key_configured(env) else f"WANDB_MODE={mode}"
+    return "local", why
+
+
+def local_store(create: bool = False):
+    from .store import SQLiteStore, StoreError
+
+    try:
+        return SQLiteStore(create=create)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = None):
+    """(backend, store) for a sweep id: local when the local store has it, else W&B."""
+    from .store import SQLiteStore, StoreError, WandbStore
+
+    root_db = Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep") / "cvsweep.db"
+    if root_db.exists() and "/" not in sweep_id:
+        store = SQLiteStore()
+        try:
+            store.get_sweep(sweep_id)
+            return "local", store
+        except StoreError as exc:
+            if not api_key_configured(settings()):
+                raise click.ClickException(str(exc)) from None
+    env = settings()
+    if not api_key_configured(env):
+        raise click.ClickException(f"no local sweep {sweep_id!r} in {root_db.parent} and no W&B API key "
+                                   "(set WANDB_API_KEY in .env) to look it up on W&B")
+    return "wandb", WandbStore(entity=entity or env.get("WANDB_ENTITY"), project=project or env.get("WANDB_PROJECT"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -11,6 +73,7 @@ def cli():
     """W&B Sweeps for timm image classifiers: online against W&B, or offline with a local controller."""
 
 
+# ---------------------------------------------------------------------------
 @cli.command("demo-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--per-class", default=12, show_default=True, help="training images per class")
@@ -24,5 +87,315 @@ def demo_data(out_dir, per_class, test_per_class, seed):
     click.echo(f"wrote demo data to {out} ({17 * per_class} train, {17 * test_per_class} test images)")
 
 
+@cli.command()
+@click.argument("file", type=click.Path())
+def validate(file):
+    """Check a sweep file: the W&B schema plus what the trainer accepts. Exit 2 on any violation."""
+    from .validate import SweepFileError, check_sweep_file
+
+    try:
+        cfg = check_sweep_file(file)
+    except SweepFileError as exc:
+        for v in exc.violations:
+            click.echo(f"{file}: {v}", err=True)
+        sys.exit(2)
+    click.echo(f"{file}: ok ({cfg['method']}, {len(cfg.get('parameters', {}))} parameters)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+@click.option("--backend", type=click.Choice(["local", "wandb"]), default=None,
+              help="default: wandb when an API key is configured and mode is online, else local")
+@click.option("--project", default=None, help="W&B project (default: the file's, WANDB_PROJECT, or cvsweep)")
+@click.option("--entity", default=None)
+def create(file, backend, project, entity):
+    """Validate FILE and register the sweep; prints the sweep id as the last line."""
+    from .validate import SweepFileError, check_sweep_file
+
+    try:
+        cfg = check_sweep_file(file)
+    except SweepFileError as exc:
+        for v in exc.violations:
+            click.echo(f"{file}: {v}", err=True)
+        sys.exit(2)
+    env = settings()
+    if backend is None:
+        backend, why = default_backend(env)
+        click.echo(f"backend: {backend} ({why})")
+    project = project or cfg.get("project") or env.get("WANDB_PROJECT") or "cvsweep"
+    entity = entity or cfg.get("entity") or env.get("WANDB_ENTITY")
+    if backend == "local":
+        from .controller import LocalController
+
+        store = local_store(create=True)
+        sweep = LocalController(store).create_sweep(cfg, project=project, entity=entity)
+        click.echo(f"created local sweep in {store.root}; run it with: cvsweep agent {sweep.id}")
+        click.echo(sweep.id)
+        return
+    from .wandb_backend import create_wandb_sweep
+
+    sweep_id = create_wandb_sweep(cfg, project=project, entity=entity, api_key=env.get("WANDB_API_KEY"))
+    click.echo(f"created W&B sweep {entity + '/' if entity else ''}{project}/{sweep_id}; run it with: "
+               f"cvsweep agent {sweep_id} --project {project}")
+    click.echo(sweep_id)
+
+
+# ---------------------------------------------------------------------------
+def _progress_printer(store, sweep_id: str):
+    from .queries import leaderboard
+
+    last = [None]
+
+    def show():
+        trials = store.list_trials(sweep_id, with_history=False)
+        counts = {k: 0 for k in ("finished", "running", "failed", "crashed", "stopped", "queued")}
+        for t in trials:
+            if t.state == "finished" and t.stopped:
+                counts["stopped"] += 1
+            elif t.state in ("pending", "preempted"):
+                counts["queued"] += 1
+            elif t.state in counts:
+                counts[t.state] += 1
+        board = leaderboard(store, sweep_id, top=1) if store.get_sweep(sweep_id).metric_name else []
+        best = f" | best {board[0]['metric_name']} {board[0]['metric']:.4f} ({board[0]['run']})" if board else ""
+        line = (f"trials: {counts['finished']} done, {counts['running']} running, {counts['stopped']} stopped, "
+                f"{counts['failed'] + counts['crashed']} failed, {counts['queued']} queued{best}")
+        if line != last[0]:
+            click.echo(f"[{time.strftime('%H:%M:%S')}] {line}")
+            last[0] = line
+
+    return show
+
+
+def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | None, count: int | None,
+               project: str | None = None, entity: str | None = None) -> int:
+    from .launcher import LaunchError, Launcher, build_specs, gpu_count, parse_gpus, plan_groups
+
+    backend, store = open_sweep(sweep_id, project, entity)
+    try:
+        ids = parse_gpus(gpus, gpu_count())
+        if not ids and workers is None:
+            workers = 1 if gpus == "none" else min(2, os.cpu_count() or 1)
+        groups = plan_groups(ids, gpus_per_trial, workers)
+    except LaunchError as exc:
+        raise click.UsageError(str(exc)) from None
+    state_dir = str(Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep").resolve())
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    specs = build_specs(sweep_id, backend, groups, env, state_dir, count, project, entity)
+    where = ", ".join(f"w{s.slot}: GPU {','.join(map(str, s.gpus))}" if s.gpus else f"w{s.slot}: CPU "
+                      f"({s.env['OMP_NUM_THREADS']} threads)" for s in specs)
+    click.echo(f"sweep {sweep_id} ({backend}): {len(specs)} worker(s) — {where}")
+    progress = _progress_printer(store, sweep_id) if backend == "local" else None
+    code = Launcher(specs, progress=progress, echo=click.echo).run()
+    if backend == "local":
+        sweep = store.get_sweep(sweep_id)
+        click.echo(f"sweep {sweep_id}: {sweep.state}" + (f" ({sweep.finished_reason})" if sweep.finished_reason else ""))
+    return code
+
+
+@cli.command()
+@click.argument("sweep_id")
+@click.option("--gpus", default="all", show_default=True, help="all | none | comma-separated indices")
+@click.option("--gpus-per-trial", default=1, show_default=True)
+@click.option("--workers", type=int, default=None, help="worker processes (default: one per GPU group; "
+              "without GPUs, up to 2 CPU workers)")
+@click.option("--count", type=int, default=None, help="trials per worker before it exits")
+@click.option("--project", default=None)
+@click.option("--entity", default=None)
+def agent(sweep_id, gpus, gpus_per_trial, workers, count, project, entity):
+    """Run SWEEP_ID's trials: one worker per GPU group, restarted if it dies."""
+    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity))
+
+
+@cli.command()
+@click.argument("sweep_id")
+def status(sweep_id):
+    """Show a sweep's state and trial counts."""
+    backend, store = open_sweep(sweep_id)
+    sweep = store.get_sweep(sweep_id)
+    trials = store.list_trials(sweep_id)
+    counts: dict = {}
+    for t in trials:
+        key = "stopped early" if t.stopped else t.state
+        counts[key] = counts.get(key, 0) + 1
+    click.echo(f"sweep {sweep.id} ({backend}) {sweep.name or ''}: {sweep.state}"
+               + (f" ({sweep.finished_reason})" if sweep.finished_reason else ""))
+    click.echo(f"method {sweep.config.get('method')}, metric {sweep.metric_name} ({sweep.goal}), "
+               f"run_cap {sweep.config.get('run_cap')}")
+    click.echo("trials: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet"))
+
+
+def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...]):
+    backend, store = open_sweep(sweep_id)
+    if backend != "local":
+        from .wandb_backend import set_wandb_sweep_state
+
+        set_wandb_sweep_state(sweep_id, state)
+        click.echo(f"W&B sweep {sweep_id}: {state}")
+        return
+    sweep = store.get_sweep(sweep_id)
+    if sweep.state not in allowed_from:
+        raise click.ClickException(f"sweep {sweep_id} is {sweep.state}; cannot go to {state}")
+    store.set_sweep_state(sweep_id, state, None if state in ("running", "paused") else f"{state} by user")
+    click.echo(f"sweep {sweep_id}: {state}")
+
+
+@cli.command()
+@click.argument("sweep_id")
+def pause(sweep_id):
+    """Stop handing out new trials (running ones go on); agents wait."""
+    _set_state(sweep_id, "paused", ("running",))
+
+
+@cli.command()
+@click.argument("sweep_id")
+def resume(sweep_id):
+    """Hand out trials again after pause."""
+    _set_state(sweep_id, "running", ("paused",))
+
+
+@cli.command()
+@click.argument("sweep_id")
+def stop(sweep_id):
+    """Finish the sweep: no new trials; running trials complete; agents exit."""
+    _set_state(sweep_id, "finished", ("running", "paused"))
+
+
+@cli.command()
+@click.argument("sweep_id")
+def cancel(sweep_id):
+    """Cancel the sweep: running trials stop at their next epoch, marked killed."""
+    _set_state(sweep_id, "cancelled", ("running", "paused", "finished"))
+
+
+# ---------------------------------------------------------------------------
+@cli.command()
+@click.argument("sweep_id", required=False)
+@click.option("--state", "states", multiple=True, help="only trials in this state (repeatable)")
+@click.option("--limit", type=int, default=None)
+@click.option("--latest", is_flag=True, help="newest first")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def runs(sweep_id, states, limit, latest, fmt):
+    """List a sweep's trials (every local sweep's without SWEEP_ID)."""
+    from .queries import get_latest_runs, get_runs
+
+    if sweep_id is None:
+        store = local_store()
+        ids = [s.id for s in store.list_sweeps()]
+    else:
+        _, store = open_sweep(sweep_id)
+        ids = [sweep_id]
+    rows = []
+    for sid in ids:
+        trials = (get_latest_runs(store, sid, limit or 10**9, tuple(states) or None) if latest
+                  else get_runs(store, sid, tuple(states) or None, limit))
+        rows += trials
+    if fmt == "json":
+        click.echo(json.dumps([{"sweep": t.sweep_id, "run": t.name, "state": t.state, "metric": t.metric,
+                                "stopped": t.stopped, "config": t.params, "error": t.error} for t in rows], indent=2))
+        return
+    for t in rows:
+        m = f"{t.metric:.4f}" if t.metric is not None else "-"
+        extra = t.stop_reason if t.stopped else (t.error or "")
+        click.echo(f"{t.sweep_id}  {t.name:<24} {t.state + ('*' if t.stopped else ''):<10} {m:>8}  "
+                   f"{json.dumps(t.params, sort_keys=True)}  {extra}")
+
+
+@cli.command("leaderboard")
+@click.argument("sweep_id")
+@click.option("--top", type=int, default=10, show_default=True)
+@click.option("--metric", default=None, help="default: the sweep's metric")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table")
+@click.option("--write-back", is_flag=True, help="log the table to W&B (offline run for local sweeps) and record ranks")
+def leaderboard_cmd(sweep_id, top, metric, fmt, write_back):
+    """The best trials of a sweep, best first."""
+    from .queries import format_leaderboard, leaderboard
+
+    backend, store = open_sweep(sweep_id)
+    try:
+        rows = leaderboard(store, sweep_id, metric=metric, top=top)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_leaderboard(rows, fmt))
+    if write_back:
+        from .wandb_backend import write_back_leaderboard
+
+        full = leaderboard(store, sweep_id, metric=metric)
+        where = write_back_leaderboard(store, store.get_sweep(sweep_id), full, backend, settings())
+        click.echo(f"leaderboard written back: {where}", err=True)
+
+
+@cli.command()
+@click.argument("sweep_id")
+@click.option("--dry-run", is_flag=True, help="list what would be uploaded")
+def sync(sweep_id, dry_run):
+    """Upload a local sweep's offline runs to W&B (grouped by sweep id) with `wandb sync`."""
+    backend, store = open_sweep(sweep_id)
+    if backend != "local":
+        raise click.ClickException(f"{sweep_id} is a W&B sweep: its runs are online already")
+    sweep = store.get_sweep(sweep_id)
+    root = store.root / "sweeps" / sweep_id
+    dirs = sorted(str(p) for p in root.glob("**/wandb/offline-run-*") if p.is_dir())
+    if not dirs:
+        raise click.ClickException(f"no offline runs under {root}")
+    click.echo(f"{len(dirs)} offline run(s) of sweep {sweep_id}")
+    env = settings()
+    if dry_run:
+        click.echo("\n".join(dirs))
+        return
+    if not api_key_configured(env):
+        raise click.ClickException("no W&B API key: put WANDB_API_KEY=... in .env (see .env.template) on a machine "
+                                   f"with network, then run `cvsweep sync {sweep_id}` again. Nothing was uploaded.")
+    child = dict(os.environ)
+    child["WANDB_API_KEY"] = env["WANDB_API_KEY"]  # to the child only
+    cmd = [sys.executable, "-m", "wandb", "sync", "--project", sweep.project or "cvsweep"]
+    if sweep.entity:
+        cmd += ["--entity", sweep.entity]
+    proc = subprocess.run(cmd + dirs, env=child)
+    if proc.returncode != 0:
+        raise click.ClickException(f"`wandb sync` failed (exit {proc.returncode}): is W&B reachable from here?")
+    click.echo(f"synced {len(dirs)} run(s) to {sweep.project}, grouped as {sweep_id}")
+
+
+@cli.command()
+@click.option("--data-dir", default="data/demo", show_default=True)
+@click.option("--sweep-file", default=None, help="default: sweeps/demo.yaml")
+@click.option("--gpus", default="all", show_default=True)
+@click.option("--workers", type=int, default=None)
+def demo(data_dir, sweep_file, gpus, workers):
+    """Make the demo data if missing, run a local sweep over it, print the leaderboard."""
+    from cvtrain.demo_data import make_demo_data
+
+    from .controller import LocalController
+    from .queries import format_leaderboard, leaderboard
+    from .validate import SweepFileError, check_sweep_file
+    from .wandb_backend import write_back_leaderboard
+
+    if not (Path(data_dir) / "train.csv").exists():
+        click.echo(f"making demo data in {data_dir} ...")
+        make_demo_data(data_dir)
+    path = Path(sweep_file) if sweep_file else (Path("sweeps/demo.yaml") if Path("sweeps/demo.yaml").exists()
+                                               else REPO_ROOT / "sweeps" / "demo.yaml")
+    try:
+        cfg = check_sweep_file(path)
+    except SweepFileError as exc:
+        raise click.ClickException("\n".join(exc.violations)) from None
+    cfg.setdefault("parameters", {})["data_dir"] = {"value": str(Path(data_dir).resolve())}
+    store = local_store(create=True)
+    sweep = LocalController(store).create_sweep(cfg)
+    click.echo(f"local sweep {sweep.id} from {path} ({cfg['method']}, run_cap {cfg.get('run_cap')})")
+    code = run_agents(sweep.id, gpus, 1, workers, None)
+    rows = leaderboard(store, sweep.id)
+    click.echo("\n" + format_leaderboard(rows[:10], "table"))
+    if rows:
+        where = write_back_leaderboard(store, store.get_sweep(sweep.id), rows, "local", settings())
+        click.echo(f"\nleaderboard logged to {where}")
+        best = rows[0]
+        click.echo(f"best trial {best['run']}: checkpoint {store.root / 'sweeps' / sweep.id / 'trials' / best['run'] / 'checkpoints' / 'best.pt'}")
+    click.echo(f"upload later with: cvsweep sync {sweep.id}")
+    sys.exit(code)
+
+
 def main():
-    sys.exit(cli(standalone_mode=True))
+    cli(prog_name="cvsweep")

@@ -16,6 +16,9 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
+#: Logged once per epoch on the `epoch` axis; a sweep's metric must be one of these.
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "epoch_time", "best_val_f1")
+
 
 def create_run_name(cfg: Config) -> str:
     """A readable, filesystem-safe name: ``resnet34-lr1e-03-bs32-224px-s42``."""
@@ -62,7 +65,7 @@ def define_metrics(run) -> None:
     run.define_metric("global_step")
     run.define_metric("sys/elapsed_s")
     run.define_metric("batch/*", step_metric="global_step")
-    for name in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "epoch_time", "best_val_f1"):
+    for name in EPOCH_METRICS:
         run.define_metric(name, step_metric="epoch")
     run.define_metric("val_f1", step_metric="epoch", summary="max,last")
     run.define_metric("val_acc", step_metric="epoch", summary="max,last")

@@ -1,0 +1,110 @@
+"""Run queries and the leaderboard, written once against :class:`agent.store.RunStore`."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+
+from .store import RunStore, Sweep, Trial
+
+
+def get_runs(store: RunStore, sweep_id: str, states: tuple[str, ...] | None = None,
+             limit: int | None = None) -> list[Trial]:
+    """Trials of a sweep, oldest first, optionally filtered by state and cut to ``limit``."""
+    trials = store.list_trials(sweep_id, states)
+    return trials[:limit] if limit else trials
+
+
+def get_latest_runs(store: RunStore, sweep_id: str, n: int = 10, states: tuple[str, ...] | None = None) -> list[Trial]:
+    """The ``n`` most recently created trials, newest first."""
+    trials = store.list_trials(sweep_id, states)
+    return sorted(trials, key=lambda t: (t.created_at or 0, t.id or 0), reverse=True)[:n]
+
+
+def auto_increment_run_suffix(existing: list[str], base: str, width: int = 3) -> str:
+    """``base-001``, ``base-002``...: one more than the highest suffix already used for ``base``."""
+    pat = re.compile(rf"^{re.escape(base)}-(\d+)$")
+    used = [int(m.group(1)) for n in existing if (m := pat.match(n))]
+    return f"{base}-{(max(used) + 1 if used else 1):0{width}d}"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def leaderboard(store: RunStore, sweep_id: str, metric: str | None = None, top: int | None = None,
+                goal: str | None = None) -> list[dict]:
+    """Trials with a finite metric, best first: rank, run, state, metric, config, and more."""
+    sweep: Sweep = store.get_sweep(sweep_id)
+    metric = metric or sweep.metric_name
+    if not metric:
+        raise ValueError(f"sweep {sweep_id} has no metric; pass --metric NAME")
+    goal = goal or sweep.goal
+    rows = []
+    for t in store.list_trials(sweep_id):
+        value = t.metric if metric == sweep.metric_name and t.metric is not None else t.summary.get(metric)
+        if not _finite(value):
+            continue
+        rows.append({"run": t.name, "state": t.state, "metric": float(value), "metric_name": metric,
+                     "config": t.params, "stopped": t.stopped, "epochs": t.summary.get("epochs_completed"),
+                     "run_id": t.run_id})
+    rows.sort(key=lambda r: r["metric"], reverse=goal.startswith("max"))
+    for i, r in enumerate(rows, start=1):
+        r["rank"] = i
+    rows = [{"rank": r.pop("rank"), **r} for r in rows]
+    return rows[:top] if top else rows
+
+
+def param_columns(rows: list[dict]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        for k in r["config"]:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return "" if v is None else str(v)
+
+
+def varying_columns(rows: list[dict]) -> list[str]:
+    """Parameters whose value differs between rows (all of them for a single row)."""
+    cols = param_columns(rows)
+    if len(rows) < 2:
+        return cols
+    return [c for c in cols if len({json.dumps(r["config"].get(c), sort_keys=True) for r in rows}) > 1]
+
+
+def format_leaderboard(rows: list[dict], fmt: str = "table") -> str:
+    """json and csv carry every parameter; table and markdown show the ones that vary."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str)
+    params = param_columns(rows) if fmt == "csv" else varying_columns(rows)
+    metric_name = rows[0]["metric_name"] if rows else "metric"
+    header = ["rank", "run", "state", metric_name, *params]
+    body = [[str(r["rank"]), r["run"], r["state"] + ("*" if r["stopped"] else ""), f"{r['metric']:.4f}",
+             *[_cell(r["config"].get(p)) for p in params]] for r in rows]
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows([[r["rank"], r["run"], r["state"], r["metric"], *[_cell(r["config"].get(p)) for p in params]]
+                     for r in rows])
+        return buf.getvalue()
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    if any(r["stopped"] for r in rows):
+        lines.append("* stopped early by hyperband (finished with its real metric)")
+    return "\n".join(lines)

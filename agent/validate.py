@@ -1,0 +1,112 @@
+"""Sweep file validation: the `sweeps` schema plus what our trainer needs. Every violation at once."""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import yaml
+
+from cvtrain.config import NESTED_FIELDS, PARAM_KEYS, close_matches
+from cvtrain.tracking import EPOCH_METRICS
+
+_NUMBER_LIKE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_CONTINUOUS = ("uniform", "log_uniform_values", "log_uniform", "inv_log_uniform_values", "normal", "log_normal",
+               "beta", "q_normal", "q_log_normal", "q_log_uniform_values", "q_beta")
+
+
+class SweepFileError(ValueError):
+    def __init__(self, violations: list[str]):
+        self.violations = violations
+        super().__init__("\n".join(violations))
+
+
+def import_sweeps():
+    with warnings.catch_warnings():
+        # `sweeps` still uses pydantic v1-style config; the warning is theirs, not the user's.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydantic\..*")
+        import sweeps
+    return sweeps
+
+
+def load_sweep_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise SweepFileError(["no such file"])
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SweepFileError([f"not valid YAML: {' '.join(str(exc).split())}"]) from None
+    if not isinstance(data, dict):
+        raise SweepFileError(["a sweep file is a mapping with method, metric and parameters"])
+    return data
+
+
+def validate_sweep_config(cfg: dict) -> list[str]:
+    """Every violation in ``cfg``, as one readable line each."""
+    sweeps = import_sweeps()
+    out = [f"schema: {v}" for v in sweeps.schema_violations_from_proposed_config(cfg)]
+    method = cfg.get("method")
+    params = cfg.get("parameters")
+    metric = cfg.get("metric") or {}
+    if not isinstance(params, dict) or not params:
+        out.append("parameters: a sweep needs at least one parameter")
+        params = {}
+    if method in ("bayes",) or cfg.get("early_terminate"):
+        if not metric.get("name"):
+            out.append(f"metric: method {method!r}{' with early_terminate' if cfg.get('early_terminate') else ''} "
+                       "needs metric.name and metric.goal")
+    if metric.get("name") and metric["name"] not in EPOCH_METRICS:
+        out.append(f"metric.name: {metric['name']!r} is never logged by the trainer{close_matches(metric['name'], EPOCH_METRICS)}; "
+                   f"logged per epoch: {', '.join(EPOCH_METRICS)}")
+    if method == "bayes" and params and all(_is_constant(p) for p in params.values() if isinstance(p, dict)):
+        out.append("parameters: bayes needs at least one parameter that varies")
+    for name, spec in params.items():
+        out += _check_param(name, spec, method, PARAM_KEYS, top=True)
+    return out
+
+
+def _is_constant(spec: dict) -> bool:
+    return "value" in spec or (isinstance(spec.get("values"), list) and len(spec["values"]) == 1)
+
+
+def _check_param(name: str, spec, method, known, top: bool, prefix: str = "") -> list[str]:
+    full = prefix + name
+    out = []
+    if name not in known:
+        out.append(f"parameters.{full}: the trainer has no setting {name!r}{close_matches(name, known)}")
+    if not isinstance(spec, dict):
+        return out + [f"parameters.{full}: must be a mapping such as {{values: [...]}} or {{min: .., max: ..}}"]
+    if "parameters" in spec:
+        sub_known = list(NESTED_FIELDS.get(name, {}))
+        if top and name in known and not sub_known:
+            out.append(f"parameters.{full}: {name!r} takes a single value, not nested parameters")
+        for k, v in (spec["parameters"] or {}).items():
+            out += _check_param(k, v, method, sub_known or [k], top=False, prefix=full + ".")
+        return out
+    for key in ("min", "max", "mu", "sigma", "q", "value"):
+        if isinstance(spec.get(key), str) and _NUMBER_LIKE.match(spec[key].strip()):
+            out.append(f"parameters.{full}.{key}: {spec[key]!r} is a string (YAML reads 1e-4 as text); "
+                       f"write it as {float(spec[key])!r}")
+    for v in spec.get("values") or []:
+        if isinstance(v, str) and _NUMBER_LIKE.match(v.strip()):
+            out.append(f"parameters.{full}.values: {v!r} is a string (YAML reads 1e-4 as text); write {float(v)!r}")
+    if method == "bayes" and "probabilities" in spec:
+        out.append(f"parameters.{full}.probabilities: bayes cannot use categorical probabilities "
+                   "(the search fails once runs exist); drop them or use method random")
+    dist = spec.get("distribution")
+    is_continuous = dist in _CONTINUOUS or (dist is None and "values" not in spec and "value" not in spec
+                                            and any(isinstance(spec.get(k), float) for k in ("min", "max")))
+    if method == "grid" and is_continuous:
+        out.append(f"parameters.{full}: grid needs discrete values (values: [...], int_uniform or q_uniform), "
+                   f"not a continuous {dist or 'uniform'} distribution")
+    return out
+
+
+def check_sweep_file(path: str | Path) -> dict:
+    """Load and validate; raises SweepFileError listing every violation."""
+    cfg = load_sweep_file(path)
+    problems = validate_sweep_config(cfg)
+    if problems:
+        raise SweepFileError(problems)
+    return cfg

@@ -71,6 +71,11 @@ def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = N
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """W&B Sweeps for timm image classifiers: online against W&B, or offline with a local controller."""
+    # The process boundary: a key kept in .env reaches wandb (and the workers we spawn)
+    # through this process's environment, never through a file or argv.
+    key = read_env_file(".env").get("WANDB_API_KEY")
+    if key and not os.environ.get("WANDB_API_KEY"):
+        os.environ["WANDB_API_KEY"] = key
 
 
 # ---------------------------------------------------------------------------
@@ -134,7 +139,7 @@ def create(file, backend, project, entity):
         return
     from .wandb_backend import create_wandb_sweep
 
-    sweep_id = create_wandb_sweep(cfg, project=project, entity=entity, api_key=env.get("WANDB_API_KEY"))
+    sweep_id = create_wandb_sweep(cfg, project=project, entity=entity)
     click.echo(f"created W&B sweep {entity + '/' if entity else ''}{project}/{sweep_id}; run it with: "
                f"cvsweep agent {sweep_id} --project {project}")
     click.echo(sweep_id)

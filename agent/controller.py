@@ -195,10 +195,8 @@ class LocalController:
             to_stop = self.stop_runs(sweep.config, self._sweep_runs(sweep, trials, with_history=True))
             for r in to_stop:
                 if r.name == row["name"]:
-                    info = r.early_terminate_info or {}
-                    why = f"hyperband: stopped after epoch {epoch}"
-                    if info:
-                        why += " (" + ", ".join(f"{k}={plain(v)}" for k, v in info.items()) + ")"
+                    lines = (r.early_terminate_info or {}).get("lines") or []
+                    why = f"hyperband: stopped after epoch {epoch}" + (f"; {lines[-1].strip()}" if lines else "")
                     self.store.update_trial(trial_id, conn=c, stopped=1, stop_reason=why)
                     return "stop"
         return None

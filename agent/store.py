@@ -238,8 +238,8 @@ class SQLiteStore(RunStore):
         row = self.conn.execute("SELECT * FROM trials WHERE id=?", (trial_id,)).fetchone()
         if row is None:
             raise StoreError(f"no trial {trial_id}")
-        hist = [m for (m,) in self.conn.execute("SELECT metric FROM trials t JOIN history h ON h.trial_id=t.id "
-                                                "WHERE t.id=? ORDER BY epoch", (trial_id,))]
+        hist = [m for (m,) in self.conn.execute("SELECT metric FROM history WHERE trial_id=? ORDER BY epoch",
+                                                (trial_id,))]
         return self._trial(row, hist)
 
     def insert_trial(self, c, t: Trial) -> int:

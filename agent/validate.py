@@ -24,7 +24,7 @@ class SweepFileError(ValueError):
 def import_sweeps():
     with warnings.catch_warnings():
         # `sweeps` still uses pydantic v1-style config; the warning is theirs, not the user's.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydantic\..*")
+        warnings.filterwarnings("ignore", message=r"(?s).*(class-based `config`|Valid config keys have changed)")
         import sweeps
     return sweeps
 

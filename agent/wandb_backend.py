@@ -7,13 +7,14 @@ from __future__ import annotations
 from .store import RunStore, Sweep
 
 
-def create_wandb_sweep(cfg: dict, project: str, entity: str | None = None, api_key: str | None = None,
-                       sweep_fn=None) -> str:
-    """``wandb.sweep``: the W&B server becomes the controller. Returns the sweep id."""
+def create_wandb_sweep(cfg: dict, project: str, entity: str | None = None, sweep_fn=None) -> str:
+    """``wandb.sweep``: the W&B server becomes the controller. Returns the sweep id.
+
+    The key reaches wandb through the environment the CLI set up (never ``wandb.login``,
+    which may write it to ~/.netrc).
+    """
     import wandb
 
-    if api_key:
-        wandb.login(key=api_key, verify=False)
     return (sweep_fn or wandb.sweep)(sweep=cfg, project=project, entity=entity)
 
 

@@ -364,6 +364,19 @@ def sync(sweep_id, dry_run):
 
 
 @cli.command()
+@click.argument("sweep_id")
+@click.option("-o", "--output", default=None, help="default: report-SWEEP_ID.html")
+@click.option("--top", type=int, default=20, show_default=True, help="trials in the leaderboard table")
+def report(sweep_id, output, top):
+    """Write one self-contained HTML page for a sweep (opens from disk, no network)."""
+    from .report import write_report
+
+    _, store = open_sweep(sweep_id)
+    path = write_report(store, sweep_id, output or f"report-{sweep_id}.html", top=top)
+    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@cli.command()
 @click.option("--data-dir", default="data/demo", show_default=True)
 @click.option("--sweep-file", default=None, help="default: sweeps/demo.yaml")
 @click.option("--gpus", default="all", show_default=True)

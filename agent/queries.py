@@ -44,6 +44,8 @@ def leaderboard(store: RunStore, sweep_id: str, metric: str | None = None, top: 
     goal = goal or sweep.goal
     rows = []
     for t in store.list_trials(sweep_id):
+        if t.state in ("failed", "crashed"):
+            continue  # a partial metric of a run that broke is no candidate for "best"
         value = t.metric if metric == sweep.metric_name and t.metric is not None else t.summary.get(metric)
         if not _finite(value):
             continue

@@ -85,6 +85,10 @@ class RunStore(ABC):
     @abstractmethod
     def list_trials(self, sweep_id: str | None = None, states: tuple[str, ...] | None = None) -> list[Trial]: ...
 
+    @abstractmethod
+    def epoch_history(self, trial: Trial) -> list[dict]:
+        """The metrics the trainer logged per epoch (``epoch``, ``val_f1``, ...), in order."""
+
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
         raise NotImplementedError
 
@@ -265,9 +269,9 @@ class SQLiteStore(RunStore):
         conn.execute("INSERT OR REPLACE INTO history VALUES (?,?,?,?)",
                      (trial_id, epoch, metric, json.dumps(metrics, default=float)))
 
-    def epoch_history(self, trial_id: int) -> list[dict]:
+    def epoch_history(self, trial: Trial) -> list[dict]:
         return [json.loads(m) for (m,) in self.conn.execute(
-            "SELECT metrics FROM history WHERE trial_id=? ORDER BY epoch", (trial_id,))]
+            "SELECT metrics FROM history WHERE trial_id=? ORDER BY epoch", (trial.id,))]
 
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
         with self.transaction() as c:
@@ -295,6 +299,7 @@ class WandbStore(RunStore):
         self.api = api
         self.entity = entity
         self.project = project
+        self._runs: dict = {}  # run id -> public-API run, from the last listing
 
     def path(self, sweep_id: str) -> str:
         if sweep_id.count("/") == 2:
@@ -321,13 +326,22 @@ class WandbStore(RunStore):
                 params = {k: v for k, v in params.items() if k in sweep_params}
             state = _WANDB_STATE.get(r.state, r.state)
             m = summary.get(metric) if metric else None
+            self._runs[r.id] = r
             out.append(Trial(sweep_id=s.id, name=r.name, state=state, params=params, run_id=r.id, summary=summary,
                              metric=m if isinstance(m, (int, float)) else None, rank=summary.get("sweep_rank"),
-                             created_at=_ts(getattr(r, "created_at", None)), error=summary.get("reason")))
+                             created_at=_ts(getattr(r, "created_at", None)), error=summary.get("reason"),
+                             stopped=summary.get("state") == "stopped", output_dir=dict(r.config).get("output_dir")))
         out.sort(key=lambda t: (t.created_at or 0))
         if states:
             out = [t for t in out if t.state in states]
         return out
+
+    def epoch_history(self, trial: Trial) -> list[dict]:
+        run = self._runs.get(trial.run_id)
+        if run is None:
+            return []
+        rows = run.history(samples=10000, pandas=False)
+        return [r for r in rows if r.get("epoch") is not None]
 
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
         s = self.api.sweep(self.path(sweep_id))

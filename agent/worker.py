@@ -31,7 +31,9 @@ def trial_config(trial: Trial, sweep_id: str, environ=None, env_file: str | None
     """defaults < .env/environment < the trial's sweep parameters < what the controller fixes per trial."""
     environ = dict(os.environ if environ is None else environ)
     fixed = {"output_dir": trial.output_dir, "run_name": trial.name, "run_id": trial.run_id, "group": sweep_id,
-             "job_type": "sweep-trial", "progress": False}
+             "job_type": "sweep-trial", "progress": False,
+             # One environment for every trial of a worker: its versions are in each run's config (env).
+             "save_requirements": False}
     tags = ["cvsweep", f"sweep-{sweep_id}"]
     cfg = resolve(env_layer({**read_env_file(env_file), **environ}), mapping_layer(trial.params, "sweep"),
                   mapping_layer(fixed, "controller"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -52,6 +53,25 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args) -> None:
+    """last.pt every epoch, best.pt when the metric improved: serialised once per epoch.
+
+    best.pt becomes a hard link to the new last.pt (a copy where links fail); the next
+    epoch's atomic replace of last.pt leaves best.pt's inode untouched.
+    """
+    if not (improved or save_last):
+        return
+    first = ckpt_dir / ("last.pt" if save_last else "best.pt")
+    save(first, *args)
+    if improved and save_last:
+        tmp = ckpt_dir / f"best.pt.tmp{os.getpid()}"
+        try:
+            os.link(first, tmp)
+        except OSError:
+            shutil.copyfile(first, tmp)
+        os.replace(tmp, ckpt_dir / "best.pt")
 
 
 def read(path: str | os.PathLike, device="cpu") -> dict:

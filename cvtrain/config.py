@@ -61,6 +61,7 @@ class WandbConfig:
     run_name: str | None = None   # None: made from the config by create_run_name
     run_id: str | None = None     # set to continue an existing W&B run on --resume
     log_artifacts: bool = True
+    save_requirements: bool = True  # W&B's pip-package list per run (~0.15 s; sweep workers turn it off)
 
 
 @dataclass

@@ -329,10 +329,8 @@ def train(config: Config, reporter: Reporter | None = None, *, resume: str | Non
                        "best_val_f1": state.best_val_f1}
             state.epoch = epoch
             state.history.append(metrics)
-            if improved:
-                ckpt.save(ckpt_dir / "best.pt", model, optimizer, scheduler, scaler, state, cfg, data.index.class_names)
-            if cfg.paths.save_last:
-                ckpt.save(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, state, cfg, data.index.class_names)
+            ckpt.save_epoch(ckpt_dir, improved, cfg.paths.save_last, model, optimizer, scheduler, scaler, state, cfg,
+                            data.index.class_names)
             if run_log:
                 run_log(metrics)
             log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  (%.1fs)", epoch,

@@ -48,8 +48,11 @@ def sample(nvml, gpus: list[int], proc: psutil.Process) -> dict:
         "sys/cpu_percent": psutil.cpu_percent(interval=None),
         "sys/ram_used_gb": psutil.virtual_memory().used / 2**30,
         "sys/ram_percent": psutil.virtual_memory().percent,
-        "sys/proc_rss_gb": proc.memory_info().rss / 2**30,
     }
+    mem = proc.memory_info()
+    out["sys/proc_rss_gb"] = mem.rss / 2**30
+    if hasattr(mem, "shared"):  # Linux: file-backed resident pages, e.g. the memory-mapped image cache
+        out["sys/proc_shared_gb"] = mem.shared / 2**30
     for i, idx in enumerate(gpus):
         try:
             h = nvml.nvmlDeviceGetHandleByIndex(idx)

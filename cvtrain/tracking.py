@@ -38,7 +38,7 @@ def init_wandb(cfg: Config, extra_config: dict | None = None, *, run_name: str |
     import wandb
 
     w = cfg.wandb
-    settings: dict[str, Any] = {"silent": True}
+    settings: dict[str, Any] = {"silent": True, "x_save_requirements": w.save_requirements}
     if w.api_key:
         settings["api_key"] = w.api_key
     config = {**cfg.to_flat_dict(), **(extra_config or {})}

@@ -89,3 +89,15 @@ def test_unknown_cli_option_names_it_and_the_known_ones():
     text = str(err.value)
     assert "--learnin_rate: unknown option" in text and "did you mean learning_rate" in text
     assert "--batch_size" in text and "--model_name" in text
+
+
+def test_env_template_documents_every_variable():
+    from cvtrain.config import ENV_PREFIX, KNOWN_KEYS, WANDB_ENV
+    from conftest import ROOT
+
+    text = (ROOT / ".env.template").read_text()
+    for name in KNOWN_KEYS:
+        var = WANDB_ENV.get(name, ENV_PREFIX + name.upper())
+        assert f"{var}=" in text, var
+    for var in ("CVSWEEP_DIR", "CVSWEEP_LEASE_SECONDS", "WANDB_BASE_URL"):
+        assert var in text

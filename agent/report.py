@@ -1,0 +1,423 @@
+"""``cvsweep report``: what W&B's sweep page shows, as one self-contained HTML file.
+
+Plotly draws every chart; its JavaScript is embedded once, so the page opens
+from disk with no network. Data comes through the run-store interface, so a
+local sweep and a W&B sweep give the same page.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .queries import leaderboard, varying_columns
+from .store import RunStore, Sweep, Trial
+
+MIN_TRIALS_FOR_IMPORTANCE = 5
+
+
+@dataclass
+class ReportData:
+    sweep: Sweep
+    trials: list[Trial]
+    rows: list[dict]                      # leaderboard, best first
+    curves: dict[str, list[dict]] = field(default_factory=dict)   # trial name -> per-epoch metrics
+    best_files: dict = field(default_factory=dict)                # confusion matrix, per-class report
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(flatten_params(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def collect(store: RunStore, sweep_id: str, curves_for: int = 10) -> ReportData:
+    sweep = store.get_sweep(sweep_id)
+    trials = store.list_trials(sweep_id)
+    rows = leaderboard(store, sweep_id) if sweep.metric_name else []
+    data = ReportData(sweep, trials, rows)
+    by_name = {t.name: t for t in trials}
+    wanted = [r["run"] for r in rows[:curves_for]] + [t.name for t in trials if t.stopped][:20]
+    for name in dict.fromkeys(wanted):
+        data.curves[name] = store.epoch_history(by_name[name])
+    if rows:
+        out_dir = by_name[rows[0]["run"]].output_dir or by_name[rows[0]["run"]].summary.get("output_dir")
+        if out_dir:
+            for key, fname in (("confusion", "confusion_matrix.json"), ("per_class", "per_class.json")):
+                p = Path(out_dir) / fname
+                if p.is_file():
+                    data.best_files[key] = json.loads(p.read_text())
+    return data
+
+
+# ---------------------------------------------------------------------------
+def param_importance(trials: list[Trial], metric: str) -> tuple[list[dict], str | None]:
+    """Correlation with the metric and random-forest importance, as W&B's panel computes them.
+
+    Categorical parameters are one-hot encoded (one row per value). Returns (rows, note).
+    """
+    import numpy as np
+
+    done = [t for t in trials if t.state == "finished" and _finite(t.metric)]
+    if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
+        return [], (f"Parameter importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} finished trials with "
+                    f"{metric}; this sweep has {len(done)}.")
+    flat = [flatten_params(t.params) for t in done]
+    keys = sorted({k for f in flat for k in f})
+    columns: list[tuple[str, list[float]]] = []
+    for k in keys:
+        vals = [f.get(k) for f in flat]
+        if len({json.dumps(v, sort_keys=True) for v in vals}) < 2:
+            continue  # constant: says nothing
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            columns.append((k, [float(v) for v in vals]))
+        elif all(isinstance(v, bool) for v in vals):
+            columns.append((k, [float(v) for v in vals]))
+        else:
+            for cat in sorted({json.dumps(v) for v in vals}):
+                columns.append((f"{k}={json.loads(cat)}", [float(json.dumps(v) == cat) for v in vals]))
+    if not columns:
+        return [], "Parameter importance needs at least one parameter that varies between finished trials."
+    X = np.array([c[1] for c in columns]).T
+    y = np.array([t.metric for t in done], dtype=float)
+    from sklearn.ensemble import RandomForestRegressor
+
+    rf = RandomForestRegressor(n_estimators=200, random_state=0).fit(X, y)
+    out = []
+    for (name, col), imp in zip(columns, rf.feature_importances_):
+        c = np.asarray(col)
+        corr = float(np.corrcoef(c, y)[0, 1]) if c.std() > 0 and y.std() > 0 else float("nan")
+        out.append({"parameter": name, "importance": float(imp), "correlation": corr})
+    out.sort(key=lambda r: r["importance"], reverse=True)
+    return out, None
+
+
+# ---------------------------------------------------------------------------
+class Page:
+    """Collects sections and figures; renders one HTML document with plotly embedded once."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.parts: list[str] = []
+        self.n_figures = 0
+
+    def add(self, markup: str) -> None:
+        self.parts.append(markup)
+
+    def figure(self, fig, fig_id: str) -> None:
+        top = fig.layout.margin.t if fig.layout.margin.t is not None else 50
+        fig.update_layout(template="plotly_white", margin=dict(l=60, r=30, t=top, b=50))
+        self.parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=fig_id,
+                                      config={"displaylogo": False, "responsive": True}))
+        self.n_figures += 1
+
+    def note(self, text: str) -> None:
+        self.parts.append(f'<p class="note">{html.escape(text)}</p>')
+
+    def render(self) -> str:
+        from plotly.offline import get_plotlyjs
+
+        return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+                f"<title>{html.escape(self.title)}</title><style>{_CSS}</style>"
+                f"<script type='text/javascript'>{get_plotlyjs()}</script></head>"
+                f"<body data-figures='{self.n_figures}'>" + "\n".join(self.parts) +
+                f"<script>{_SORT_JS}</script></body></html>")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+h1{margin-bottom:4px} h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.stats{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
+.stat{background:#f4f6fa;border-radius:6px;padding:8px 14px} .stat b{display:block;font-size:1.3em}
+table{border-collapse:collapse;font-size:13px;width:100%} th,td{border-bottom:1px solid #e4e4e4;padding:4px 8px;text-align:left}
+th{cursor:pointer;background:#fafafa;position:sticky;top:0} th:hover{background:#eef}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f6f8fa;padding:12px;border-radius:6px;overflow:auto}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:8px 12px}
+.muted{color:#777}
+"""
+
+_SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function(th, col){
+  th.addEventListener('click', function(){
+    var table = th.closest('table'), body = table.tBodies[0], rows = Array.from(body.rows);
+    var asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
+    rows.sort(function(a, b){
+      var x = a.cells[col].dataset.v || a.cells[col].textContent, y = b.cells[col].dataset.v || b.cells[col].textContent;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return asc ? c : -c;
+    });
+    rows.forEach(function(r){ body.appendChild(r); });
+  });
+});
+"""
+
+
+def _signed(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:+.3f}"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return "" if v is None else str(v)
+
+
+def _state_counts(trials: list[Trial]) -> dict:
+    counts = {"finished": 0, "stopped early": 0, "failed": 0, "crashed": 0, "running": 0}
+    for t in trials:
+        key = "stopped early" if t.stopped else t.state
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _trial_hours(trials: list[Trial], now: float) -> float:
+    total = 0.0
+    for t in trials:
+        if t.started_at:
+            total += max(0.0, (t.finished_at or (now if t.state == "running" else t.started_at)) - t.started_at)
+        elif _finite(t.summary.get("_runtime")):
+            total += t.summary["_runtime"]
+    return total / 3600
+
+
+# ---------------------------------------------------------------------------
+def build_html(data: ReportData, top: int = 20) -> str:
+    import plotly.graph_objects as go
+
+    sweep, trials, rows = data.sweep, data.trials, data.rows
+    metric = sweep.metric_name or "metric"
+    goal = sweep.goal
+    page = Page(f"Sweep {sweep.name or sweep.id} — cvsweep report")
+    now = time.time()
+
+    # -- header -------------------------------------------------------------
+    counts = _state_counts(trials)
+    best = rows[0] if rows else None
+    by_name = {t.name: t for t in trials}
+    when = ""
+    if best:
+        bt = by_name[best["run"]]
+        order = [t.name for t in trials].index(best["run"]) + 1
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(bt.finished_at)) if bt.finished_at else "?"
+        when = f"trial {order} of {len(trials)}, {stamp}"
+    page.add(f"<h1>Sweep {html.escape(sweep.name or sweep.id)}</h1>"
+             f"<div class='muted'>id {html.escape(sweep.id)} · {html.escape(sweep.backend)} backend · "
+             f"method {html.escape(str(sweep.config.get('method')))} · metric {html.escape(metric)} ({html.escape(goal)}) · "
+             f"state {html.escape(sweep.state)}{' (' + html.escape(sweep.finished_reason) + ')' if sweep.finished_reason else ''}</div>")
+    stats = [(str(len(trials)), "trials")] + [(str(v), k) for k, v in counts.items() if v or k in
+                                              ("finished", "stopped early", "failed", "crashed", "running")]
+    stats.append((f"{_trial_hours(trials, now):.2f}", "trial-hours"))
+    if best:
+        stats.append((f"{best['metric']:.4f}", f"best {metric} ({best['run']}, {when})"))
+    page.add("<div class='stats'>" + "".join(f"<div class='stat'><b>{html.escape(a)}</b>{html.escape(b)}</div>"
+                                             for a, b in stats) + "</div>")
+
+    # -- leaderboard ----------------------------------------------------------
+    page.add("<h2>Leaderboard</h2>")
+    if not rows:
+        page.note(f"No trial has a finite {metric} yet: nothing to rank.")
+    else:
+        params = varying_columns(rows) or list(rows[0]["config"])
+        head = ["rank", "run", "state", metric, "epochs", *params]
+        body = []
+        for r in rows[:top]:
+            cells = [f"<td class='num'>{r['rank']}</td>", f"<td>{html.escape(r['run'])}</td>",
+                     f"<td>{html.escape(r['state'] + (' (stopped)' if r['stopped'] else ''))}</td>",
+                     f"<td class='num' data-v='{r['metric']}'>{r['metric']:.4f}</td>",
+                     f"<td class='num'>{html.escape(_fmt(r.get('epochs')))}</td>"]
+            cells += [f"<td>{html.escape(_fmt(r['config'].get(p)))}</td>" for p in params]
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        page.add("<table class='sortable' id='leaderboard'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+                 + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+        if len(rows) > top:
+            page.add(f"<p class='muted'>top {top} of {len(rows)} ranked trials</p>")
+        page.add(f"<h3>Best config ({html.escape(best['run'])})</h3><p class='muted'>paste into a file for "
+                 f"<code>cvtrain --config=best.yaml</code></p><pre id='best-config'>"
+                 f"{html.escape(yaml.safe_dump(best['config'], sort_keys=True))}</pre>")
+
+    # -- parallel coordinates, metric over trials, learning curves ----------
+    ranked = [t for t in trials if _finite(t.metric)]
+    page.add("<h2>Parameters against the metric</h2>")
+    if len(ranked) >= 2:
+        page.figure(_parcoords(ranked, metric, goal), "parcoords")
+    else:
+        page.note("Parallel coordinates need at least 2 trials with the metric.")
+    page.add("<h2>Metric per trial</h2>")
+    if ranked:
+        page.figure(_scatter(trials, metric, goal), "metric-scatter")
+    else:
+        page.note(f"No trial logged {metric}.")
+    page.add("<h2>Learning curves</h2>")
+    if any(data.curves.values()):
+        page.figure(_curves(data.curves, by_name, metric), "learning-curves")
+    else:
+        page.note("No per-epoch history recorded yet.")
+
+    # -- importance ------------------------------------------------------------
+    page.add("<h2>Parameter importance</h2>")
+    imp, why = param_importance(trials, metric)
+    if why:
+        page.note(why)
+    else:
+        page.figure(_importance(imp, metric), "importance")
+        page.add("<table class='sortable' id='importance-table'><thead><tr><th>parameter</th><th>importance</th>"
+                 "<th>correlation</th></tr></thead><tbody>" + "".join(
+                     f"<tr><td>{html.escape(r['parameter'])}</td><td class='num'>{r['importance']:.3f}</td>"
+                     f"<td class='num'>{_signed(r['correlation'])}</td></tr>" for r in imp) + "</tbody></table>")
+
+    # -- best trial's confusion matrix ---------------------------------------
+    page.add("<h2>Best trial: confusion matrix and per-class F1</h2>")
+    if "confusion" in data.best_files:
+        cm = data.best_files["confusion"]
+        page.figure(go.Figure(go.Heatmap(z=cm["matrix"], x=cm["class_names"], y=cm["class_names"], colorscale="Blues",
+                                         hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
+                    .update_layout(title=f"{best['run']} (epoch {cm.get('epoch')})", height=620,
+                                   xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed"),
+                    "confusion")
+    if "per_class" in data.best_files:
+        pc = data.best_files["per_class"]
+        page.figure(go.Figure(go.Bar(x=[r["class"] for r in pc], y=[r["f1"] for r in pc],
+                                     customdata=[[r["precision"], r["recall"], r["support"]] for r in pc],
+                                     hovertemplate="%{x}<br>F1 %{y:.3f}<br>precision %{customdata[0]:.3f}<br>"
+                                                   "recall %{customdata[1]:.3f}<br>support %{customdata[2]}<extra></extra>"))
+                    .update_layout(yaxis_range=[0, 1], yaxis_title="F1", height=420), "per-class-f1")
+    if not data.best_files:
+        page.note("The best trial's confusion matrix files (confusion_matrix.json, per_class.json) are not on this "
+                  "machine." if rows else "No best trial yet.")
+
+    # -- failures ----------------------------------------------------------------
+    page.add("<h2>Failures</h2>")
+    groups: dict[str, list[str]] = {}
+    shown: dict[str, str] = {}
+    for t in trials:
+        if t.state in ("failed", "crashed"):
+            msg = (t.error or "no error message recorded").strip().splitlines()[0][:300]
+            key = re.sub(r"\d+(\.\d+)?", "#", msg)  # "nan at epoch 2, step 6" and "... epoch 1, step 5" are one failure
+            shown.setdefault(key, msg)
+            groups.setdefault(key, []).append(t.name)
+    if not groups:
+        page.add("<p class='muted'>No failed or crashed trials.</p>")
+    else:
+        page.add("<table id='failures'><thead><tr><th>trials</th><th>error</th><th>runs</th></tr></thead><tbody>" + "".join(
+            f"<tr><td class='num'>{len(v)}</td><td><code>{html.escape(shown[k])}</code></td><td>{html.escape(', '.join(v[:12]))}"
+            f"{' …' if len(v) > 12 else ''}</td></tr>" for k, v in sorted(groups.items(), key=lambda kv: -len(kv[1])))
+                 + "</tbody></table>")
+    page.add(f"<p class='muted'>Generated by cvsweep on {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>")
+    return page.render()
+
+
+def _axis(name: str, values: list):
+    """A parcoords dimension: numbers as they are (log10 when they span decades), categories as ticks."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        vals = [float(v) for v in values]
+        if min(vals) > 0 and max(vals) / min(vals) >= 100:
+            return dict(label=f"log10({name})", values=[math.log10(v) for v in vals])
+        return dict(label=name, values=vals)
+    cats = sorted({json.dumps(v, sort_keys=True) for v in values})
+    idx = {c: i for i, c in enumerate(cats)}
+    return dict(label=name, values=[idx[json.dumps(v, sort_keys=True)] for v in values],
+                tickvals=list(range(len(cats))), ticktext=[str(json.loads(c))[:20] for c in cats])
+
+
+def _parcoords(trials: list[Trial], metric: str, goal: str):
+    import plotly.graph_objects as go
+
+    flat = [flatten_params(t.params) for t in trials]
+    keys = [k for k in sorted({k for f in flat for k in f})
+            if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    dims = [_axis(k, [f.get(k) for f in flat]) for k in keys]
+    values = [t.metric for t in trials]
+    dims.append(dict(label=metric, values=values))
+    fig = go.Figure(go.Parcoords(line=dict(color=values, colorscale="Viridis", showscale=True,
+                                           reversescale=not goal.startswith("max")), dimensions=dims))
+    return fig.update_layout(title=dict(text="drag along an axis to filter trials", y=0.98), height=500,
+                             margin=dict(t=110))
+
+
+def _scatter(trials: list[Trial], metric: str, goal: str):
+    import plotly.graph_objects as go
+
+    xs, ys, names, best_x, best_y = [], [], [], [], []
+    best = None
+    maximize = goal.startswith("max")
+    for i, t in enumerate(trials, start=1):
+        if not _finite(t.metric):
+            continue
+        xs.append(i)
+        ys.append(t.metric)
+        names.append(t.name + (" (stopped)" if t.stopped else ""))
+        if best is None or (t.metric > best if maximize else t.metric < best):
+            best = t.metric
+        best_x.append(i)
+        best_y.append(best)
+    fig = go.Figure([go.Scatter(x=xs, y=ys, mode="markers", name=metric, text=names,
+                                hovertemplate="%{text}<br>%{y:.4f}<extra></extra>"),
+                     go.Scatter(x=best_x, y=best_y, mode="lines", name="best so far", line=dict(shape="hv"))])
+    return fig.update_layout(xaxis_title="trial (creation order)", yaxis_title=metric, height=400)
+
+
+def _curves(curves: dict[str, list[dict]], by_name: dict[str, Trial], metric: str):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    stop_x, stop_y, stop_names = [], [], []
+    for name, hist in curves.items():
+        pts = [(h.get("epoch", i + 1), h.get("val_f1", h.get(metric))) for i, h in enumerate(hist)]
+        pts = [(e, v) for e, v in pts if _finite(v)]
+        if not pts:
+            continue
+        t = by_name[name]
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name,
+                                 opacity=0.45 if t.stopped else 1.0))
+        if t.stopped:
+            stop_x.append(pts[-1][0])
+            stop_y.append(pts[-1][1])
+            stop_names.append(f"{name}: {t.stop_reason or 'stopped early'}"[:160])
+    if stop_x:
+        fig.add_trace(go.Scatter(x=stop_x, y=stop_y, mode="markers", name="hyperband stop", text=stop_names,
+                                 marker=dict(symbol="x", size=12, color="crimson"),
+                                 hovertemplate="%{text}<extra></extra>"))
+    return fig.update_layout(xaxis_title="epoch", yaxis_title="val_f1 (macro-F1)", height=440)
+
+
+def _importance(rows: list[dict], metric: str):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = rows[:25][::-1]
+    names = [r["parameter"] for r in rows]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=("importance (random forest)",
+                                                                             f"correlation with {metric}"))
+    fig.add_trace(go.Bar(x=[r["importance"] for r in rows], y=names, orientation="h", name="importance"), 1, 1)
+    corr = [0.0 if math.isnan(r["correlation"]) else r["correlation"] for r in rows]
+    fig.add_trace(go.Bar(x=corr, y=names, orientation="h", name="correlation",
+                         marker_color=["seagreen" if c >= 0 else "indianred" for c in corr]), 1, 2)
+    return fig.update_layout(showlegend=False, height=max(300, 28 * len(rows) + 120))
+
+
+def write_report(store: RunStore, sweep_id: str, out: str | Path, top: int = 20) -> Path:
+    data = collect(store, sweep_id, curves_for=min(top, 10))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(build_html(data, top=top), encoding="utf-8")
+    tmp.replace(path)
+    return path

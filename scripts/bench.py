@@ -1,0 +1,358 @@
+"""Benchmarks: each figure on its own line as ``name: value``; ratios are measured in one run.
+
+    make bench                      # all of them (about 6-10 minutes on 2 CPU cores)
+    python scripts/bench.py --only cache,claim
+
+Targets (from the issues): trainer_overhead_ratio <= 1.05; cache_speedup >= 5;
+per-trial fixed cost <= 0.5 s and >= 10x less than a process per trial;
+claim latency <= 100 ms (bayes, 300 finished runs); 2 workers vs 1 >= 1.7x trials/hour.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+
+
+def emit(name: str, value) -> None:
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    print(f"{name}: {value}", flush=True)
+
+
+def env_for(state: Path | None = None, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(ROOT), WANDB_MODE="offline", WANDB_SILENT="true", **extra)
+    env.pop("WANDB_API_KEY", None)
+    if state is not None:
+        env["CVSWEEP_DIR"] = str(state)
+    return env
+
+
+# ---------------------------------------------------------------------------
+def bench_overhead(work: Path) -> None:
+    """Instrumented trainer epoch vs a bare PyTorch loop: same model, data, batch size, threads."""
+    import numpy as np
+    import torch
+
+    from cvtrain import data as D
+    from cvtrain.config import mapping_layer, resolve
+    from cvtrain.demo_data import make_demo_data
+    from cvtrain.engine import Normalizer, build_data, seed_everything, train
+
+    data = make_demo_data(work / "data-overhead", per_class=40, test_per_class=1, seed=3)
+    epochs = 4
+    cfg = resolve(mapping_layer(dict(data_dir=str(data), model_name="resnet18", img_size=64, batch_size=32,
+                                     epochs=epochs, num_workers=0, progress=False, cache_dir=str(work / "cache"),
+                                     output_dir=str(work / "overhead-run"), mode="offline", system_interval=1.0,
+                                     log_interval=5), "bench"))
+    res = train(cfg, wandb_dir=str(work / "wandb"))
+    instrumented = [h["epoch_time"] for h in res.history[1:]]
+
+    # The bare loop: what a hand-written script does each epoch (train pass + val forward), nothing logged.
+    import timm
+
+    seed_everything(0)
+    bundle = build_data(cfg, torch.device("cpu"))
+    model = timm.create_model("resnet18", num_classes=17)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    norm = Normalizer(torch.device("cpu"), False)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    bare = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        bundle.train_ds.set_epoch(epoch)
+        model.train()
+        for x, y in bundle.train_loader:
+            out = model(norm(x))
+            loss = loss_fn(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            preds = [model(norm(x)).argmax(1) for x, _ in bundle.val_loader]
+        _ = torch.cat(preds).numpy()
+        if epoch:
+            bare.append(time.perf_counter() - t0)
+    ratio = statistics.median(instrumented) / statistics.median(bare)
+    emit("trainer_epoch_s", statistics.median(instrumented))
+    emit("bare_loop_epoch_s", statistics.median(bare))
+    emit("trainer_overhead_ratio", ratio)
+
+
+# ---------------------------------------------------------------------------
+_READ_EPOCH = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+from cvtrain import data as D
+import psutil
+paths = json.load(open({paths!r}))
+mode = {mode!r}
+t_build = 0.0
+base_rss = psutil.Process().memory_info().rss
+if mode == "cache":
+    t0 = time.perf_counter()
+    arr = D.load_or_build_cache(paths, 224, "pad", {cache!r}, progress=False).array
+    t_build = time.perf_counter() - t0
+    ds = D.CachedImageDataset(arr, [0] * len(paths), range(len(paths)))
+times = []
+for epoch in range(3):
+    t0 = time.perf_counter()
+    total = 0
+    for i, p in enumerate(paths):
+        if mode == "cache":
+            img = ds[i][0].permute(1, 2, 0).numpy()
+        elif mode == "decode":
+            from PIL import Image, ImageOps
+            with Image.open(p) as im:
+                img = np.asarray(ImageOps.pad(im.convert("RGB"), (224, 224), Image.BILINEAR, color=(255,) * 3))
+        else:
+            img = D.decode_image(p, 224, "pad")
+        total += int(img[0, 0, 0])
+    times.append(time.perf_counter() - t0)
+print(json.dumps({{"epoch_s": min(times), "build_s": t_build,
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "rss_growth_mb": (psutil.Process().memory_info().rss - base_rss) / 2**20}}))
+"""
+
+
+def bench_cache(work: Path) -> None:
+    """Decoded-image cache vs decoding ~750x1000 document JPEGs every epoch, at 224 px, one core."""
+    from PIL import Image
+
+    from cvtrain.demo_data import _page, _photograph
+
+    src = work / "docs-jpeg"
+    src.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    paths = []
+    for i in range(150):
+        p = src / f"{i:04d}.jpg"
+        _photograph(_page(i % 17, rng), rng).resize((754, 1000), Image.BICUBIC).save(p, "JPEG", quality=90)
+        paths.append(str(p))
+    plist = work / "paths.json"
+    plist.write_text(json.dumps(paths))
+    out = {}
+    for mode in ("decode", "decode_draft", "cache"):
+        code = _READ_EPOCH.format(root=str(ROOT), paths=str(plist), mode=mode, cache=str(work / "cache224"))
+        r = subprocess.run([PY, "-c", code], env=env_for(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           check=True)
+        out[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    n = len(paths)
+    emit("jpeg_decode_epoch_ms_per_img", 1000 * out["decode"]["epoch_s"] / n)
+    emit("jpeg_draft_decode_epoch_ms_per_img", 1000 * out["decode_draft"]["epoch_s"] / n)
+    emit("cached_epoch_ms_per_img", 1000 * out["cache"]["epoch_s"] / n)
+    emit("cache_build_s", out["cache"]["build_s"])
+    emit("cache_speedup", out["decode"]["epoch_s"] / out["cache"]["epoch_s"])
+    emit("cache_speedup_vs_draft_decode", out["decode_draft"]["epoch_s"] / out["cache"]["epoch_s"])
+    emit("decode_peak_rss_mb", out["decode"]["peak_rss_mb"])
+    emit("cache_peak_rss_mb", out["cache"]["peak_rss_mb"])
+    emit("decode_rss_growth_mb", out["decode"]["rss_growth_mb"])
+    emit("cache_rss_growth_mb", out["cache"]["rss_growth_mb"])
+    emit("cache_file_mb", sum(p.stat().st_size for p in (work / "cache224").glob("*.npy")) / 2**20)
+
+
+# ---------------------------------------------------------------------------
+def _sweep_file(work: Path, name: str, data: Path, cache: Path, n: int, epochs: int = 1, img: int = 32,
+                model: str = "test_resnet", method: str = "grid") -> Path:
+    import yaml
+
+    cfg = {"name": name, "method": method, "metric": {"name": "best_val_f1", "goal": "maximize"},
+           "parameters": {"data_dir": {"value": str(data)}, "model_name": {"value": model},
+                          "img_size": {"value": img}, "batch_size": {"value": 32}, "epochs": {"value": epochs},
+                          "cache_dir": {"value": str(cache)}, "system_interval": {"value": 5.0},
+                          "learning_rate": {"values": [round(0.001 + 0.0001 * i, 6) for i in range(n)]}}}
+    f = work / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    return f
+
+
+def _create(f: Path, state: Path) -> str:
+    r = subprocess.run([PY, "-m", "agent", "create", str(f), "--backend", "local"], env=env_for(state),
+                       capture_output=True, text=True, check=True)
+    return r.stdout.strip().splitlines()[-1]
+
+
+def _trials(state: Path) -> list[dict]:
+    import sqlite3
+
+    conn = sqlite3.connect(state / "cvsweep.db")
+    conn.row_factory = sqlite3.Row
+    rows = [dict(r) for r in conn.execute("SELECT * FROM trials ORDER BY id")]
+    conn.close()
+    return rows
+
+
+def bench_fixed_cost(work: Path, data: Path) -> None:
+    """Per-trial fixed cost: our worker (in-process trials) vs a fresh `python -m cvtrain` per trial."""
+    n = 6
+    state = work / "state-fixed"
+    sid = _create(_sweep_file(work, "fixed", data, work / "cache", n), state)
+    subprocess.run([PY, "-m", "agent.worker", sid, "--count", str(n)], env=env_for(state, OMP_NUM_THREADS="2"),
+                   check=True, capture_output=True)
+    rows = _trials(state)
+    ours = []
+    for prev, cur in zip(rows, rows[1:]):  # from one trial's end to the next one's end, minus its training
+        ours.append(cur["finished_at"] - prev["finished_at"] - _train_s(cur))
+    baseline = []
+    for i in range(3):
+        out = work / f"proc-{i}"
+        t0 = time.perf_counter()
+        subprocess.run([PY, "-m", "cvtrain", f"--data_dir={data}", "--model_name=test_resnet", "--img_size=32",
+                        "--batch_size=32", "--epochs=1", f"--cache_dir={work / 'cache'}", f"--output_dir={out}",
+                        "--progress=False", "--learning_rate=0.001", "--system_interval=5.0"],
+                       env=env_for(None, OMP_NUM_THREADS="2", WANDB_DIR=str(work / "wandb-proc")), check=True,
+                       capture_output=True, cwd=work)
+        wall = time.perf_counter() - t0
+        baseline.append(wall - json.loads((out / "summary.json").read_text())["epoch_time"])
+    o, b = statistics.median(ours), statistics.median(baseline)
+    emit("per_trial_fixed_cost_s", o)
+    emit("process_per_trial_fixed_cost_s", b)
+    emit("per_trial_fixed_cost_reduction", b / o)
+
+
+def _train_s(row: dict) -> float:
+    return float(json.loads(row["summary"]).get("epoch_time", 0.0)) * json.loads(row["summary"]).get("epochs_completed", 1)
+
+
+def bench_claim(work: Path) -> None:
+    """Claim latency (next config + SQLite transaction) with 300 finished runs, bayes."""
+    from agent.controller import LocalController
+    from agent.store import SQLiteStore, Trial
+
+    store = SQLiteStore(work / "state-claim")
+    ctl = LocalController(store)
+    sweep = ctl.create_sweep({"name": "claim", "method": "bayes", "metric": {"name": "best_val_f1", "goal": "maximize"},
+                              "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+                              "parameters": {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-1},
+                                             "weight_decay": {"distribution": "uniform", "min": 0.0, "max": 0.1},
+                                             "model_name": {"values": ["resnet18", "resnet34", "resnet50"]}}})
+    rng = random.Random(0)
+    with store.transaction() as c:
+        for i in range(300):
+            t = Trial(sweep_id=sweep.id, name=f"claim-{i + 1:03d}", state="running", run_id=f"r{i}",
+                      params={"learning_rate": 10 ** rng.uniform(-5, -1), "weight_decay": rng.uniform(0, 0.1),
+                              "model_name": rng.choice(["resnet18", "resnet34", "resnet50"])})
+            tid = store.insert_trial(c, t)
+            m = rng.random()
+            for e in range(1, 11):
+                store.add_history(tid, e, m * e / 10, {"best_val_f1": m * e / 10}, conn=c)
+            store.update_trial(tid, conn=c, state="finished", metric=m, summary={"best_val_f1": m})
+    lat = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        claim = ctl.claim(sweep.id, "bench")
+        lat.append(1000 * (time.perf_counter() - t0))
+        ctl.finish(claim.trial.id, "failed", error="bench")
+    lat.sort()
+    emit("claim_latency_ms_median", statistics.median(lat))
+    emit("claim_latency_ms_p95", lat[int(0.95 * (len(lat) - 1))])
+    t0 = time.perf_counter()
+    for _ in range(5):
+        ctl.report(claim.trial.id, 1, {"best_val_f1": 0.5})
+    emit("report_latency_ms_median", 1000 * (time.perf_counter() - t0) / 5)
+
+
+def _smaps(pid: int) -> dict:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0]) / 1024  # MB
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def bench_workers(work: Path) -> None:
+    """Trials per hour, 2 workers vs 1, on the demo workload; per-worker peak RSS and PSS.
+
+    The decoded cache is memory-mapped: its pages count in every worker's RSS but
+    once on the machine, which PSS (each shared page split between its users) shows.
+    """
+    import psutil
+
+    from cvtrain.demo_data import make_demo_data
+
+    data = make_demo_data(work / "data-workers", per_class=24, test_per_class=1, seed=6)
+    out = {}
+    for workers in (1, 2):
+        state = work / f"state-w{workers}"
+        sid = _create(_sweep_file(work, f"w{workers}", data, work / "cache-w", 8, epochs=3, img=64,
+                                  model="test_resnet"), state)
+        proc = subprocess.Popen([PY, "-m", "agent", "agent", sid, "--gpus", "none", "--workers", str(workers)],
+                                env=env_for(state), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peaks: dict[int, dict] = {}
+        while proc.poll() is None:
+            for child in psutil.Process(proc.pid).children():
+                m = _smaps(child.pid)
+                if m:
+                    p = peaks.setdefault(child.pid, {"Rss": 0.0, "Pss": 0.0})
+                    p["Rss"], p["Pss"] = max(p["Rss"], m.get("Rss", 0)), max(p["Pss"], m.get("Pss", 0))
+            time.sleep(0.5)
+        rows = _trials(state)
+        first, last = min(r["started_at"] for r in rows), max(r["finished_at"] for r in rows)
+        out[workers] = {"per_hour": 3600 * len(rows) / (last - first), "peaks": list(peaks.values())}
+    emit("bench_workers_workload", "8 trials x 3 epochs, test_resnet at 64 px, 326 train images")
+    emit("trials_per_hour_1_worker", out[1]["per_hour"])
+    emit("trials_per_hour_2_workers", out[2]["per_hour"])
+    emit("two_vs_one_worker_throughput", out[2]["per_hour"] / out[1]["per_hour"])
+    for w in (1, 2):
+        emit(f"worker_peak_rss_mb_{w}_workers", max(p["Rss"] for p in out[w]["peaks"]))
+        emit(f"worker_peak_pss_mb_{w}_workers", max(p["Pss"] for p in out[w]["peaks"]))
+    emit("decoded_cache_file_mb", sum(p.stat().st_size for p in (work / "cache-w").glob("*.npy")) / 2**20)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="overhead,cache,fixed,claim,workers")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    work = Path(tempfile.mkdtemp(prefix="cvsweep-bench-"))
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.pop("WANDB_API_KEY", None)
+    try:
+        import torch
+
+        emit("machine", f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
+        from cvtrain.demo_data import make_demo_data
+
+        data = make_demo_data(work / "data", per_class=8, test_per_class=1, seed=5)
+        if "overhead" in only:
+            bench_overhead(work)
+        if "cache" in only:
+            bench_cache(work)
+        if "claim" in only:
+            bench_claim(work)
+        if "fixed" in only:
+            bench_fixed_cost(work, data)
+        if "workers" in only:
+            bench_workers(work)
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"# work directory kept: {work}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

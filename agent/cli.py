@@ -92,18 +92,23 @@ def demo_data(out_dir, per_class, test_per_class, seed):
     click.echo(f"wrote demo data to {out} ({17 * per_class} train, {17 * test_per_class} test images)")
 
 
-@cli.command()
-@click.argument("file", type=click.Path())
-def validate(file):
-    """Check a sweep file: the W&B schema plus what the trainer accepts. Exit 2 on any violation."""
+def load_valid_sweep(file) -> dict:
+    """The sweep file's config, or every violation (one line each) and exit code 2."""
     from .validate import SweepFileError, check_sweep_file
 
     try:
-        cfg = check_sweep_file(file)
+        return check_sweep_file(file)
     except SweepFileError as exc:
         for v in exc.violations:
             click.echo(f"{file}: {v}", err=True)
         sys.exit(2)
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+def validate(file):
+    """Check a sweep file: the W&B schema plus what the trainer accepts. Exit 2 on any violation."""
+    cfg = load_valid_sweep(file)
     click.echo(f"{file}: ok ({cfg['method']}, {len(cfg.get('parameters', {}))} parameters)")
 
 
@@ -115,14 +120,7 @@ def validate(file):
 @click.option("--entity", default=None)
 def create(file, backend, project, entity):
     """Validate FILE and register the sweep; prints the sweep id as the last line."""
-    from .validate import SweepFileError, check_sweep_file
-
-    try:
-        cfg = check_sweep_file(file)
-    except SweepFileError as exc:
-        for v in exc.violations:
-            click.echo(f"{file}: {v}", err=True)
-        sys.exit(2)
+    cfg = load_valid_sweep(file)
     env = settings()
     if backend is None:
         backend, why = default_backend(env)
@@ -387,7 +385,6 @@ def demo(data_dir, sweep_file, gpus, workers):
 
     from .controller import LocalController
     from .queries import format_leaderboard, leaderboard
-    from .validate import SweepFileError, check_sweep_file
     from .wandb_backend import write_back_leaderboard
 
     if not (Path(data_dir) / "train.csv").exists():
@@ -395,10 +392,7 @@ def demo(data_dir, sweep_file, gpus, workers):
         make_demo_data(data_dir)
     path = Path(sweep_file) if sweep_file else (Path("sweeps/demo.yaml") if Path("sweeps/demo.yaml").exists()
                                                else REPO_ROOT / "sweeps" / "demo.yaml")
-    try:
-        cfg = check_sweep_file(path)
-    except SweepFileError as exc:
-        raise click.ClickException("\n".join(exc.violations)) from None
+    cfg = load_valid_sweep(path)
     cfg.setdefault("parameters", {})["data_dir"] = {"value": str(Path(data_dir).resolve())}
     store = local_store(create=True)
     sweep = LocalController(store).create_sweep(cfg)

@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import difflib
 import os
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -247,7 +248,7 @@ def parse_literal(text: str) -> Any:
 
 def _base_type(tp):
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return args[0] if len(args) == 1 else tp, type(None) in typing.get_args(tp)
     return tp, False

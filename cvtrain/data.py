@@ -227,7 +227,6 @@ def _build_cache(paths, size, resize, npy: Path, meta: Path, progress: bool, wor
                 if err:
                     bad.append(err)
         arr.flush()
-        del arr
         os.replace(tmp, npy)
     finally:
         if tmp.exists():

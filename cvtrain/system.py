@@ -4,6 +4,7 @@ With no GPU or no NVIDIA driver the GPU metrics are simply absent.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import threading
@@ -86,11 +87,14 @@ class SystemMonitor:
         self._proc = psutil.Process()
         self._t0 = time.monotonic()
 
-    def _tick(self) -> None:
-        s = sample(self._nvml, self._gpus, self._proc)
+    def _record(self, s: dict) -> None:
         for k, v in s.items():
             self.peaks[k] = max(v, self.peaks.get(k, v))
         self.latest = s
+
+    def _tick(self) -> None:
+        s = sample(self._nvml, self._gpus, self._proc)
+        self._record(s)
         if self.sink is not None:
             self.sink({**s, "sys/elapsed_s": time.monotonic() - self._t0})
 
@@ -113,19 +117,12 @@ class SystemMonitor:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            self._tick_peaks_only()
+            self._record(sample(self._nvml, self._gpus, self._proc))
         finally:
             if self._nvml is not None:
-                try:
+                with contextlib.suppress(Exception):  # shutting NVML down cannot fail the run
                     self._nvml.nvmlShutdown()
-                except Exception:  # noqa: BLE001
-                    pass
         return {f"{k}_peak": v for k, v in self.peaks.items()}
-
-    def _tick_peaks_only(self) -> None:
-        s = sample(self._nvml, self._gpus, self._proc)
-        for k, v in s.items():
-            self.peaks[k] = max(v, self.peaks.get(k, v))
 
 
 def environment_info() -> dict:

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -45,10 +44,8 @@ def env_for(state: Path | None = None, **extra) -> dict:
 # ---------------------------------------------------------------------------
 def bench_overhead(work: Path) -> None:
     """Instrumented trainer epoch vs a bare PyTorch loop: same model, data, batch size, threads."""
-    import numpy as np
     import torch
 
-    from cvtrain import data as D
     from cvtrain.config import mapping_layer, resolve
     from cvtrain.demo_data import make_demo_data
     from cvtrain.engine import Normalizer, build_data, seed_everything, train

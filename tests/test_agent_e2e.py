@@ -99,7 +99,7 @@ def test_sigterm_preempts_running_trial_and_next_agent_resumes_it(tmp_path, demo
     again = _start_agent(state, sweep_id)
     out2, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out2[-3000:]
-    assert f"resuming from" in out2 and f"after epoch {done_before}" in out2
+    assert "resuming from" in out2 and f"after epoch {done_before}" in out2
     t = db_rows(state, "SELECT * FROM trials WHERE id=?", (row["id"],))[0]
     assert t["state"] == "finished" and _epochs(state, row["id"]) == list(range(1, 31))
 

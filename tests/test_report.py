@@ -1,11 +1,9 @@
 """`cvsweep report`: one self-contained HTML page, built from a real local sweep and from faked W&B runs."""
-import json
 import os
 import re
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml

@@ -398,14 +398,19 @@ def demo(data_dir, sweep_file, gpus, workers):
     sweep = LocalController(store).create_sweep(cfg)
     click.echo(f"local sweep {sweep.id} from {path} ({cfg['method']}, run_cap {cfg.get('run_cap')})")
     code = run_agents(sweep.id, gpus, 1, workers, None)
+    from .report import write_report
+
     rows = leaderboard(store, sweep.id)
     click.echo("\n" + format_leaderboard(rows[:10], "table"))
     if rows:
         where = write_back_leaderboard(store, store.get_sweep(sweep.id), rows, "local", settings())
-        click.echo(f"\nleaderboard logged to {where}")
-        best = rows[0]
-        click.echo(f"best trial {best['run']}: checkpoint {store.root / 'sweeps' / sweep.id / 'trials' / best['run'] / 'checkpoints' / 'best.pt'}")
-    click.echo(f"upload later with: cvsweep sync {sweep.id}")
+        click.echo(f"\nleaderboard logged to the offline W&B run in {where}")
+        page = write_report(store, sweep.id, f"report-{sweep.id}.html")
+        click.echo(f"sweep report (open in a browser, works offline): {page}")
+        best = store.root / "sweeps" / sweep.id / "trials" / rows[0]["run"] / "checkpoints" / "best.pt"
+        click.echo(f"best trial {rows[0]['run']}; a submission from it:\n"
+                   f"  cvtrain predict --checkpoint={best} --data_dir={data_dir} --output=submission.csv")
+    click.echo(f"upload the runs later, with a W&B key and a network: cvsweep sync {sweep.id}")
     sys.exit(code)
 
 

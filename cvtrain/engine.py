@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -31,7 +32,7 @@ from .config import Config, ConfigError, validate_config
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
 from .model import build_model, model_stats
 from .system import SystemMonitor, environment_info
-from .tracking import create_run_name, finish_run, init_wandb, save_model_artifact
+from .tracking import create_run_name, finish_run, in_wandb_sweep, init_wandb, save_model_artifact
 
 log = logging.getLogger(__name__)
 
@@ -246,9 +247,12 @@ def evaluate(model, loader, normalize, num_classes: int, autocast=contextlib.nul
 
 
 # ---------------------------------------------------------------------------
-def resolve_output_dir(cfg: Config) -> Path:
+def resolve_output_dir(cfg: Config, environ=os.environ) -> Path:
+    """The explicit output_dir; under `wandb agent`, one directory per W&B run (names can repeat)."""
     if cfg.paths.output_dir:
         return Path(cfg.paths.output_dir)
+    if in_wandb_sweep(environ) and environ.get("WANDB_RUN_ID"):
+        return Path(cfg.paths.output_root) / f"sweep-{environ['WANDB_SWEEP_ID']}" / environ["WANDB_RUN_ID"]
     return Path(cfg.paths.output_root) / (cfg.wandb.run_name or create_run_name(cfg))
 
 

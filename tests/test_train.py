@@ -1,6 +1,7 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +149,12 @@ def test_demo_data_rewards_a_good_config_over_a_bad_one(tmp_path, cache_dir):
         scores[lr] = train(cfg).best_val_f1
     assert scores[0.003] > scores[0.5] + 0.15, scores
     assert scores[0.003] < 0.95, scores  # not solved outright: there is something to search for
+
+
+def test_output_dir_is_per_wandb_run_under_wandb_agent(tiny):
+    from cvtrain.engine import resolve_output_dir
+
+    cfg = tiny(output_dir=None)
+    env = {"WANDB_SWEEP_ID": "sw9", "WANDB_SWEEP_PARAM_PATH": "/x.yaml", "WANDB_RUN_ID": "abc123"}
+    assert resolve_output_dir(cfg, env) == Path("outputs") / "sweep-sw9" / "abc123"
+    assert resolve_output_dir(cfg, {}) == Path("outputs") / "test_resnet-lr3e-03-bs16-32px-s42"

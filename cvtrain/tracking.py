@@ -82,7 +82,10 @@ def save_model_artifact(run, path: str | os.PathLike, *, aliases: list[str], met
     if run is None or run.disabled:
         return None
     art = wandb.Artifact(name or f"model-{run.id}", type="model", metadata=_jsonable(metadata))
-    art.add_file(str(path), name=Path(path).name)
+    # "immutable": W&B references the checkpoint where it is instead of copying it into its
+    # staging area (a copy per trial filled gigabytes under ~/.local/share/wandb in a sweep).
+    # Checkpoints are replaced atomically, never written in place, so the reference stays valid.
+    art.add_file(str(path), name=Path(path).name, policy="immutable")
     return run.log_artifact(art, aliases=aliases)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -72,7 +74,7 @@ def parse_argv(argv: list[str], known: list[str] | None = None, cli_only=CLI_ONL
     return out
 
 
-def build_config(args: ParsedArgs, environ: Mapping[str, str] | None = None) -> Config:
+def build_config(args: ParsedArgs, environ: Mapping[str, str] | None = None, check_model: bool = True) -> Config:
     """defaults < .env and environment < --config FILE < sweep parameters < command line."""
     environ = dict(os.environ if environ is None else environ)
     env = {**read_env_file(args.env_file), **environ}
@@ -81,7 +83,7 @@ def build_config(args: ParsedArgs, environ: Mapping[str, str] | None = None) -> 
         layers.append(file_layer(args.config))
     layers.append(sweep_layer(environ.get("WANDB_SWEEP_PARAM_PATH")))
     layers.append(mapping_layer(args.values, "cli"))
-    return resolve(*layers)
+    return resolve(*layers, check_model=check_model)
 
 
 def setup_logging(level=logging.INFO) -> None:
@@ -97,12 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "predict":
         return predict_main(argv[1:])
     setup_logging()
+    # SIGTERM (a scheduler's preemption, or `wandb agent` stopping a run) ends the run cleanly at the
+    # next batch: the W&B run finishes, last.pt of the last whole epoch stays for --resume=auto.
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
         args = parse_argv(argv)
         cfg = build_config(args)
         from .engine import train
 
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, stop_event=stop)
     except (UsageError, ConfigError) as exc:
         print(f"cvtrain: {exc}", file=sys.stderr)
         return 2
@@ -118,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cvtrain: {exc}", file=sys.stderr)
             return 1
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"cvtrain: {result.state}; best val_f1 {result.best_val_f1:.4f}; outputs in {result.output_dir}")
+    if result.state == "preempted":
+        print(f"cvtrain: {result.reason}; continue with the same options and --resume=auto")
     return 0 if result.state != "failed" else 1
 
 

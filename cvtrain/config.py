@@ -363,15 +363,18 @@ def mapping_layer(values: Mapping[str, Any], source: str) -> dict[str, tuple[Any
     return {k: (v, source) for k, v in values.items()}
 
 
-def resolve(*layers: dict[str, tuple[Any, str]]) -> Config:
-    """Apply layers in order (later wins) over the defaults; collect every problem."""
+def resolve(*layers: dict[str, tuple[Any, str]], check_model: bool = False) -> Config:
+    """Apply layers in order (later wins) over the defaults; collect every problem.
+
+    ``check_model`` also checks model_name against timm's registry (imports timm).
+    """
     cfg = Config()
     cfg.sources = {k: "default" for k in KNOWN_KEYS}
     problems: list[str] = []
     for layer in layers:
         for key, (value, source) in layer.items():
             _apply(cfg, key, value, source, problems)
-    problems += validate_config(cfg, check_model=False)
+    problems += validate_config(cfg, check_model=check_model)
     if problems:
         raise ConfigError(problems)
     return cfg

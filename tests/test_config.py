@@ -101,3 +101,12 @@ def test_env_template_documents_every_variable():
         assert f"{var}=" in text, var
     for var in ("CVSWEEP_DIR", "CVSWEEP_LEASE_SECONDS", "WANDB_BASE_URL"):
         assert var in text
+
+
+def test_command_line_reports_a_bad_model_together_with_the_other_problems(capsys):
+    from cvtrain.cli import main
+
+    assert main(["--model_name=resnett18", "--epochs=0", "--optimizer=adamm"]) == 2
+    err = capsys.readouterr().err
+    assert "model_name='resnett18' (from cli): not a timm model" in err and "resnet18" in err
+    assert "epochs=0 (from cli): must be >= 1" in err and "optimizer='adamm'" in err

@@ -158,3 +158,28 @@ def test_output_dir_is_per_wandb_run_under_wandb_agent(tiny):
     env = {"WANDB_SWEEP_ID": "sw9", "WANDB_SWEEP_PARAM_PATH": "/x.yaml", "WANDB_RUN_ID": "abc123"}
     assert resolve_output_dir(cfg, env) == Path("outputs") / "sweep-sw9" / "abc123"
     assert resolve_output_dir(cfg, {}) == Path("outputs") / "test_resnet-lr3e-03-bs16-32px-s42"
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_cvtrain_run_cleanly_and_resume_auto_continues(demo_dir, cache_dir, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "pre"
+    argv = [PY, "-m", "cvtrain", f"--data_dir={demo_dir}", "--model_name=test_resnet", "--img_size=32",
+            "--batch_size=8", "--epochs=40", f"--output_dir={out}", f"--cache_dir={cache_dir}", "--num_workers=0",
+            "--progress=False"]
+    proc = subprocess.Popen(argv, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, log[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["state"] == "preempted" and summary["epochs_completed"] < 40 and "--resume=auto" in log
+    done = subprocess.run(argv + ["--resume=auto"], env=cli_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stderr
+    assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 40

@@ -1,6 +1,6 @@
 """Benchmarks: each figure on its own line as ``name: value``; ratios are measured in one run.
 
-    make bench                      # all of them (about 6-10 minutes on 2 CPU cores)
+    make bench                      # all of them (about 4 minutes on 2 CPU cores)
     python scripts/bench.py --only cache,claim
 
 Targets (from the issues): trainer_overhead_ratio <= 1.05; cache_speedup >= 5;

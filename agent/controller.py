@@ -206,9 +206,8 @@ class LocalController:
         summary = plain(summary or {})
         now = self.clock()
         with self.store.transaction() as c:
-            t = c.execute("SELECT t.sweep_id, t.stop_reason, s.config FROM trials t JOIN sweeps s ON s.id=t.sweep_id "
-                          "WHERE t.id=?", (trial_id,)).fetchone()
-            sweep = self.store.get_sweep(t["sweep_id"], conn=c)
+            row = c.execute("SELECT sweep_id FROM trials WHERE id=?", (trial_id,)).fetchone()
+            sweep = self.store.get_sweep(row["sweep_id"], conn=c)
             cols: dict = dict(summary=summary, finished_at=now, lease_expires=None)
             metric = sweep.metric_name
             if metric and _finite(summary.get(metric)):

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import click
 
-from cvtrain.config import read_env_file
+from cvtrain.config import merged_env, read_env_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings(env_file: str = ".env") -> dict:
     """.env under the environment, without touching os.environ."""
-    return {**read_env_file(env_file), **os.environ}
+    return merged_env(os.environ, env_file)
 
 
 def api_key_configured(env: dict) -> bool:

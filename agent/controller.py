@@ -7,7 +7,6 @@ decisions on every epoch report.
 """
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import time
@@ -17,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .queries import auto_increment_run_suffix
+from .queries import auto_increment_run_suffix, is_finite_number
 from .store import SQLiteStore, Sweep, Trial
 from .validate import import_sweeps
 
@@ -52,10 +51,6 @@ def new_sweep_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 class LocalController:
     def __init__(self, store: SQLiteStore, lease_seconds: float = LEASE_SECONDS, max_attempts: int = MAX_ATTEMPTS,
                  next_run: Callable | None = None, stop_runs: Callable | None = None,
@@ -85,7 +80,7 @@ class LocalController:
         out = []
         for t in trials:
             state = "pending" if t.state == "preempted" else t.state
-            summary = {metric: t.metric} if metric and _finite(t.metric) else {}
+            summary = {metric: t.metric} if metric and is_finite_number(t.metric) else {}
             history = [{metric: v} for v in t.history if v is not None] if with_history and metric else []
             out.append(self._SweepRun(name=t.name, state=state, config={k: {"value": v} for k, v in t.params.items()},
                                       summary_metrics=summary, history=history))
@@ -97,7 +92,7 @@ class LocalController:
             return None
         maximize = sweep.goal.startswith("max")
         for t in trials:
-            if t.state == "finished" and _finite(t.metric) and (t.metric >= target if maximize else t.metric <= target):
+            if t.state == "finished" and is_finite_number(t.metric) and (t.metric >= target if maximize else t.metric <= target):
                 return t
         return None
 
@@ -180,7 +175,7 @@ class LocalController:
             sweep = self.store.get_sweep(row["sweep_id"], conn=c)
             metric = sweep.metric_name
             value = metrics.get(metric) if metric else None
-            value = float(value) if _finite(value) else None
+            value = float(value) if is_finite_number(value) else None
             self.store.add_history(trial_id, epoch, value, plain(metrics), conn=c)
             cols = dict(heartbeat_at=now, lease_expires=now + self.lease)
             if value is not None:
@@ -210,7 +205,7 @@ class LocalController:
             sweep = self.store.get_sweep(row["sweep_id"], conn=c)
             cols: dict = dict(summary=summary, finished_at=now, lease_expires=None)
             metric = sweep.metric_name
-            if metric and _finite(summary.get(metric)):
+            if metric and is_finite_number(summary.get(metric)):
                 cols["metric"] = float(summary[metric])
             if state == "stopped":
                 # Marked finished with its real metric, as W&B does: bayes must not score it as worst.

@@ -30,7 +30,8 @@ def auto_increment_run_suffix(existing: list[str], base: str, width: int = 3) ->
     return f"{base}-{(max(used) + 1 if used else 1):0{width}d}"
 
 
-def _finite(x) -> bool:
+def is_finite_number(x) -> bool:
+    """A real, finite metric value (not a bool, None, NaN or a summary dict)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -47,7 +48,7 @@ def leaderboard(store: RunStore, sweep_id: str, metric: str | None = None, top: 
         if t.state in ("failed", "crashed"):
             continue  # a partial metric of a run that broke is no candidate for "best"
         value = t.metric if metric == sweep.metric_name and t.metric is not None else t.summary.get(metric)
-        if not _finite(value):
+        if not is_finite_number(value):
             continue
         rows.append({"run": t.name, "state": t.state, "metric": float(value), "metric_name": metric,
                      "config": t.params, "stopped": t.stopped, "epochs": t.summary.get("epochs_completed"),
@@ -68,10 +69,11 @@ def param_columns(rows: list[dict]) -> list[str]:
     return cols
 
 
-def _cell(v) -> str:
+def format_cell(v) -> str:
+    """A parameter value for a table cell: floats to 4 significant digits, containers as JSON."""
     if isinstance(v, float):
         return f"{v:.4g}"
-    if isinstance(v, dict):
+    if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
     return "" if v is None else str(v)
 
@@ -92,12 +94,12 @@ def format_leaderboard(rows: list[dict], fmt: str = "table") -> str:
     metric_name = rows[0]["metric_name"] if rows else "metric"
     header = ["rank", "run", "state", metric_name, *params]
     body = [[str(r["rank"]), r["run"], r["state"] + ("*" if r["stopped"] else ""), f"{r['metric']:.4f}",
-             *[_cell(r["config"].get(p)) for p in params]] for r in rows]
+             *[format_cell(r["config"].get(p)) for p in params]] for r in rows]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(header)
-        w.writerows([[r["rank"], r["run"], r["state"], r["metric"], *[_cell(r["config"].get(p)) for p in params]]
+        w.writerows([[r["rank"], r["run"], r["state"], r["metric"], *[format_cell(r["config"].get(p)) for p in params]]
                      for r in rows])
         return buf.getvalue()
     if fmt == "markdown":

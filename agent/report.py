@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .queries import leaderboard, varying_columns
+from .queries import format_cell, is_finite_number, leaderboard, varying_columns
 from .store import RunStore, Sweep, Trial
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -39,10 +39,6 @@ def flatten_params(params: dict, prefix: str = "") -> dict:
         else:
             out[prefix + k] = v
     return out
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def collect(store: RunStore, sweep_id: str, curves_for: int = 10) -> ReportData:
@@ -72,7 +68,7 @@ def param_importance(trials: list[Trial], metric: str) -> tuple[list[dict], str 
     """
     import numpy as np
 
-    done = [t for t in trials if t.state == "finished" and _finite(t.metric)]
+    done = [t for t in trials if t.state == "finished" and is_finite_number(t.metric)]
     if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
         return [], (f"Parameter importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} finished trials with "
                     f"{metric}; this sweep has {len(done)}.")
@@ -172,14 +168,6 @@ def _signed(x: float) -> str:
     return "" if math.isnan(x) else f"{x:+.3f}"
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True)
-    return "" if v is None else str(v)
-
-
 def _state_counts(trials: list[Trial]) -> dict:
     counts = {"finished": 0, "stopped early": 0, "failed": 0, "crashed": 0, "running": 0}
     for t in trials:
@@ -193,7 +181,7 @@ def _trial_hours(trials: list[Trial], now: float) -> float:
     for t in trials:
         if t.started_at:
             total += max(0.0, (t.finished_at or (now if t.state == "running" else t.started_at)) - t.started_at)
-        elif _finite(t.summary.get("_runtime")):
+        elif is_finite_number(t.summary.get("_runtime")):
             total += t.summary["_runtime"]
     return total / 3600
 
@@ -242,8 +230,8 @@ def build_html(data: ReportData, top: int = 20) -> str:
             cells = [f"<td class='num'>{r['rank']}</td>", f"<td>{html.escape(r['run'])}</td>",
                      f"<td>{html.escape(r['state'] + (' (stopped)' if r['stopped'] else ''))}</td>",
                      f"<td class='num' data-v='{r['metric']}'>{r['metric']:.4f}</td>",
-                     f"<td class='num'>{html.escape(_fmt(r.get('epochs')))}</td>"]
-            cells += [f"<td>{html.escape(_fmt(r['config'].get(p)))}</td>" for p in params]
+                     f"<td class='num'>{html.escape(format_cell(r.get('epochs')))}</td>"]
+            cells += [f"<td>{html.escape(format_cell(r['config'].get(p)))}</td>" for p in params]
             body.append("<tr>" + "".join(cells) + "</tr>")
         page.add("<table class='sortable' id='leaderboard'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
                  + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>")
@@ -254,7 +242,7 @@ def build_html(data: ReportData, top: int = 20) -> str:
                  f"{html.escape(yaml.safe_dump(best['config'], sort_keys=True))}</pre>")
 
     # -- parallel coordinates, metric over trials, learning curves ----------
-    ranked = [t for t in trials if _finite(t.metric)]
+    ranked = [t for t in trials if is_finite_number(t.metric)]
     page.add("<h2>Parameters against the metric</h2>")
     if len(ranked) >= 2:
         page.figure(_parcoords(ranked, metric, goal), "parcoords")
@@ -359,7 +347,7 @@ def _scatter(trials: list[Trial], metric: str, goal: str):
     best = None
     maximize = goal.startswith("max")
     for i, t in enumerate(trials, start=1):
-        if not _finite(t.metric):
+        if not is_finite_number(t.metric):
             continue
         xs.append(i)
         ys.append(t.metric)
@@ -381,7 +369,7 @@ def _curves(curves: dict[str, list[dict]], by_name: dict[str, Trial], metric: st
     stop_x, stop_y, stop_names = [], [], []
     for name, hist in curves.items():
         pts = [(h.get("epoch", i + 1), h.get("val_f1", h.get(metric))) for i, h in enumerate(hist)]
-        pts = [(e, v) for e, v in pts if _finite(v)]
+        pts = [(e, v) for e, v in pts if is_finite_number(v)]
         if not pts:
             continue
         t = by_name[name]

@@ -18,7 +18,7 @@ import sys
 import threading
 import traceback
 
-from cvtrain.config import ConfigError, env_layer, mapping_layer, read_env_file, resolve
+from cvtrain.config import ConfigError, env_layer, mapping_layer, merged_env, resolve
 
 from .controller import LocalController
 from .store import SQLiteStore, Trial
@@ -35,7 +35,7 @@ def trial_config(trial: Trial, sweep_id: str, environ=None, env_file: str | None
              # One environment for every trial of a worker: its versions are in each run's config (env).
              "save_requirements": False}
     tags = ["cvsweep", f"sweep-{sweep_id}"]
-    cfg = resolve(env_layer({**read_env_file(env_file), **environ}), mapping_layer(trial.params, "sweep"),
+    cfg = resolve(env_layer(merged_env(environ, env_file)), mapping_layer(trial.params, "sweep"),
                   mapping_layer(fixed, "controller"))
     cfg.wandb.tags = list(dict.fromkeys([*cfg.wandb.tags, *tags]))
     if cfg.wandb.mode is None or cfg.wandb.mode == "online":

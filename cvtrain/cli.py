@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .config import (Config, ConfigError, close_matches, env_layer, file_layer, known_param_paths,
-                     mapping_layer, read_env_file, resolve, sweep_layer)
+                     mapping_layer, merged_env, resolve, sweep_layer)
 
 CLI_ONLY = ("config", "resume", "env_file")
 PREDICT_OPTIONS = ("checkpoint", "data_dir", "output", "test_dir", "sample_submission", "tta", "batch_size",
@@ -77,8 +77,7 @@ def parse_argv(argv: list[str], known: list[str] | None = None, cli_only=CLI_ONL
 def build_config(args: ParsedArgs, environ: Mapping[str, str] | None = None, check_model: bool = True) -> Config:
     """defaults < .env and environment < --config FILE < sweep parameters < command line."""
     environ = dict(os.environ if environ is None else environ)
-    env = {**read_env_file(args.env_file), **environ}
-    layers = [env_layer(env)]
+    layers = [env_layer(merged_env(environ, args.env_file))]
     if args.config:
         layers.append(file_layer(args.config))
     layers.append(sweep_layer(environ.get("WANDB_SWEEP_PARAM_PATH")))

@@ -326,6 +326,11 @@ def read_env_file(path: str | os.PathLike | None = ".env") -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+def merged_env(environ: Mapping[str, str], env_file: str | os.PathLike | None = ".env") -> dict[str, str]:
+    """The settings the tools read: the environment over the .env file (os.environ untouched)."""
+    return {**read_env_file(env_file), **environ}
+
+
 def file_layer(path: str | os.PathLike) -> dict[str, tuple[Any, str]]:
     """Values from a YAML config file: flat keys, or grouped under the group names."""
     p = Path(path)

@@ -107,8 +107,12 @@ def load_valid_sweep(file) -> dict:
 @cli.command()
 @click.argument("file", type=click.Path())
 def validate(file):
-    """Check a sweep file: the W&B schema plus what the trainer accepts. Exit 2 on any violation."""
+    """Check a sweep file: the W&B schema plus every check the trainer runs. Exit 2 on any violation."""
+    from .validate import path_problems
+
     cfg = load_valid_sweep(file)
+    for p in path_problems(cfg.get("parameters") or {}):
+        click.echo(f"{file}: warning: {p}", err=True)
     click.echo(f"{file}: ok ({cfg['method']}, {len(cfg.get('parameters', {}))} parameters)")
 
 
@@ -120,11 +124,17 @@ def validate(file):
 @click.option("--entity", default=None)
 def create(file, backend, project, entity):
     """Validate FILE and register the sweep; prints the sweep id as the last line."""
-    cfg = load_valid_sweep(file)
+    from .validate import absolute_paths, path_problems
+
+    cfg, changes = absolute_paths(load_valid_sweep(file))
+    for c in changes:
+        click.echo(f"stored as an absolute path (agents may start elsewhere): {c}")
     env = settings()
     if backend is None:
         backend, why = default_backend(env)
         click.echo(f"backend: {backend} ({why})")
+    for p in path_problems(cfg.get("parameters") or {}):
+        click.echo(f"{file}: warning: {p}", err=True)
     project = project or cfg.get("project") or env.get("WANDB_PROJECT") or "cvsweep"
     entity = entity or cfg.get("entity") or env.get("WANDB_ENTITY")
     if backend == "local":

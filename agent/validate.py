@@ -1,16 +1,26 @@
 """Sweep file validation: the `sweeps` schema plus what our trainer needs. Every violation at once."""
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
 
 import yaml
 
-from cvtrain.config import NESTED_FIELDS, PARAM_KEYS, close_matches
+from cvtrain.config import (CANDIDATE, NESTED_FIELDS, PARAM_KEYS, ConfigError, check_model_name, close_matches,
+                            mapping_layer, resolve)
 from cvtrain.tracking import EPOCH_METRICS
 
 _NUMBER_LIKE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+DISTRIBUTIONS = ("constant", "categorical", "categorical_w_probabilities", "int_uniform", "uniform", "q_uniform",
+                 "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values", "normal", "q_normal",
+                 "log_normal", "q_log_normal", "beta", "q_beta", "log_uniform")
+#: Distributions whose min and max are values of the setting itself (checked like listed values).
+_RANGE_IS_VALUE = ("uniform", "int_uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values",
+                   "inv_log_uniform_values")
+#: Settings naming a path: checked from where agents run (cvsweep create makes them absolute).
+PATH_SETTINGS = ("data_dir", "pretrained_path", "cache_dir")
 _CONTINUOUS = ("uniform", "log_uniform_values", "log_uniform", "inv_log_uniform_values", "normal", "log_normal",
                "beta", "q_normal", "q_log_normal", "q_log_uniform_values", "q_beta")
 
@@ -62,8 +72,8 @@ def validate_sweep_config(cfg: dict) -> list[str]:
     if method == "bayes" and params and all(_is_constant(p) for p in params.values() if isinstance(p, dict)):
         out.append("parameters: bayes needs at least one parameter that varies")
     for name, spec in params.items():
-        out += _check_param(name, spec, method, PARAM_KEYS, top=True)
-    return out
+        out += _check_param(name, spec, method, PARAM_KEYS + [CANDIDATE], top=True)
+    return out + trainer_checks(params)
 
 
 def _is_constant(spec: dict) -> bool:
@@ -95,6 +105,9 @@ def _check_param(name: str, spec, method, known, top: bool, prefix: str = "") ->
         out.append(f"parameters.{full}.probabilities: bayes cannot use categorical probabilities "
                    "(the search fails once runs exist); drop them or use method random")
     dist = spec.get("distribution")
+    if dist is not None and dist not in DISTRIBUTIONS:
+        out.append(f"parameters.{full}.distribution: {dist!r} is not a distribution{close_matches(str(dist), DISTRIBUTIONS)}; "
+                   f"allowed: {', '.join(DISTRIBUTIONS[:-1])}")
     is_continuous = dist in _CONTINUOUS or (dist is None and "values" not in spec and "value" not in spec
                                             and any(isinstance(spec.get(k), float) for k in ("min", "max")))
     if method == "grid" and is_continuous:
@@ -110,3 +123,90 @@ def check_sweep_file(path: str | Path) -> dict:
     if problems:
         raise SweepFileError(problems)
     return cfg
+
+
+def _values(params: dict, prefix: str = ""):
+    """(path, [(label, value), ...], fixed?) for every parameter the trainer will see."""
+    for name, spec in params.items():
+        if not isinstance(spec, dict):
+            continue
+        path = prefix + name
+        if isinstance(spec.get("parameters"), dict):
+            yield from _values(spec["parameters"], path + ".")
+        elif "value" in spec:
+            yield path, [("value", spec["value"])], True
+        elif isinstance(spec.get("values"), list) and spec["values"]:
+            yield path, [(f"values[{i}]", v) for i, v in enumerate(spec["values"])], False
+        elif spec.get("distribution", "uniform") in _RANGE_IS_VALUE:
+            rng = [(k, spec[k]) for k in ("min", "max") if isinstance(spec.get(k), (int, float))]
+            if rng:
+                yield path, rng, False
+
+
+def _problems(layer: dict) -> list[str]:
+    try:
+        resolve(mapping_layer(layer, "sweep"))
+        return []
+    except ConfigError as exc:
+        return exc.problems
+
+
+def trainer_checks(params: dict) -> list[str]:
+    """Every fixed value, every listed value and both ends of every range through the trainer's own
+    checks (types, choices, ranges, model names): a sweep that validates can run."""
+    entries = list(_values(params))
+    base = {path: vals[0][1] for path, vals, _ in entries}
+    base_problems = _problems(base)
+    out = []
+    for p in base_problems:
+        named = [path for path in base if p.startswith(f"{path}=")]
+        out.append(f"parameters.{named[0]}: {p}" if named else f"parameters: {p}")
+    for path, vals, fixed in entries:
+        for label, value in vals[1:] if not fixed else []:
+            for p in _problems({**base, path: value}):
+                if p not in base_problems:
+                    out.append(f"parameters.{path}.{label}={value!r}: {p}")
+        if path == "model_name":
+            for label, value in vals:
+                if isinstance(value, str):
+                    where = f"parameters.{path}" + ("" if fixed else f".{label}")
+                    out += [f"{where}: {p}" for p in check_model_name(value, "sweep")]
+    return list(dict.fromkeys(out))
+
+
+def path_problems(params: dict) -> list[str]:
+    """Path settings (data_dir, pretrained_path, cache_dir) that do not exist from here."""
+    out = []
+    for path, vals, _ in _values(params):
+        if path in PATH_SETTINGS and path != "cache_dir":
+            for _, value in vals:
+                if isinstance(value, str) and value and not Path(value).exists():
+                    out.append(f"parameters.{path}: {value!r} does not exist from {Path.cwd()}: agents started here "
+                               "would fail every trial; fix the path")
+    return out
+
+
+def absolute_paths(cfg: dict) -> tuple[dict, list[str]]:
+    """A copy of ``cfg`` whose relative path settings that exist here are absolute, and what changed.
+
+    Agents may start from another directory: a relative data_dir would then name nothing.
+    """
+    import copy
+
+    out = copy.deepcopy(cfg)
+    changes = []
+    for name in PATH_SETTINGS:
+        spec = (out.get("parameters") or {}).get(name)
+        if not isinstance(spec, dict):
+            continue
+        key = "value" if "value" in spec else "values" if isinstance(spec.get("values"), list) else None
+        if key is None:
+            continue
+        vals = [spec[key]] if key == "value" else spec[key]
+        new = [os.path.abspath(v) if isinstance(v, str) and v and not Path(v).is_absolute() and Path(v).exists()
+               else v for v in vals]
+        for a, b in zip(vals, new):
+            if a != b:
+                changes.append(f"{name}: {a} -> {b}")
+        spec[key] = new[0] if key == "value" else new
+    return out, changes

@@ -89,13 +89,49 @@ def setup_logging(level=logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+USAGE = """usage:
+  cvtrain [--config=FILE.yaml] [--resume[=auto|PATH]] [--env_file=.env] [--SETTING=VALUE ...]
+  cvtrain predict --checkpoint=PATH --data_dir=DIR [--output=submission.csv] [--tta=[...]]   (cvtrain predict --help)
+
+Settings resolve once: defaults < .env and environment (CVTRAIN_<NAME>, WANDB_*) < --config FILE.yaml
+< sweep parameters < command line. Values as `wandb agent` passes them: True/False, lists and dicts as
+Python repr ("--mixup={'alpha': 0.2}"), nested keys dotted (--augment.rotate=0.5), empty for None.
+Exit codes: 0 finished (or stopped/preempted cleanly), 1 the run failed, 2 bad input.
+"""
+PREDICT_USAGE = """usage: cvtrain predict --checkpoint=PATH --data_dir=DIR [options]
+
+Writes a submission CSV in sample_submission.csv order from a checkpoint (best.pt or last.pt).
+  --checkpoint=PATH          checkpoint written by cvtrain (required)
+  --data_dir=DIR             holds the test images and sample_submission.csv (required)
+  --output=FILE              default submission.csv
+  --test_dir=DIR             test images under data_dir; default test
+  --sample_submission=FILE   default sample_submission.csv
+  --tta=LIST                 test-time views, e.g. "['none', 'rot90']"; default: the checkpoint's tta
+  --batch_size=N             default 64
+  --device=auto|cpu|cuda     default auto
+  --cache_dir=DIR            decoded-image cache; default: the checkpoint's
+"""
+HELP_FLAGS = ("-h", "--help", "help")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help", "help"):
-        print(__doc__)
-        print("Settings (see .env.template for what each means):\n  " + "\n  ".join(known_param_paths()))
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `cvtrain --help | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] in HELP_FLAGS:
+        from .config import settings_help
+
+        print(__doc__.split("\n\n")[0] + "\n\n" + USAGE + "\nSettings (type, default, meaning):\n" + settings_help())
         return 0
     if argv and argv[0] == "predict":
+        if any(a in HELP_FLAGS for a in argv[1:]):
+            print(PREDICT_USAGE)
+            return 0
         return predict_main(argv[1:])
     setup_logging()
     # SIGTERM (a scheduler's preemption, or `wandb agent` stopping a run) ends the run cleanly at the

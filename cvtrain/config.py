@@ -110,7 +110,7 @@ class ExperimentConfig:
     tta: list = field(default_factory=lambda: ["none", "rot90", "rot180", "rot270"])
     seed: int = 42
     device: str = "auto"
-    amp: bool = True
+    amp: bool | None = None     # None: on where the device supports it (CUDA)
     amp_dtype: str = "bf16"
     channels_last: bool = True
 
@@ -148,6 +148,89 @@ class PathsConfig:
     checkpoint_dir: str | None = None  # None: <output_dir>/checkpoints
     save_last: bool = True
     save_predictions: bool = False     # write the final epoch's val and test probabilities (finalize)
+
+
+#: One line of meaning per setting: `cvtrain --help`, and the comment above it in .env.template.
+HELP = {
+    # wandb
+    "api_key": "W&B API key; never logged, never written to a run config or any file (env/.env only)",
+    "project": "W&B project for runs and sweeps",
+    "entity": "W&B entity (team or user); empty: your default",
+    "mode": "online | offline | disabled; empty: online when W&B has a key, else offline",
+    "tags": "comma-separated run tags",
+    "group": "W&B run group",
+    "job_type": "W&B job type of training runs",
+    "run_name": "run name; empty: made from the config (model-lr-bs-size-seed)",
+    "run_id": "W&B run id to continue on --resume",
+    "parent_sweep": "finalize runs: the sweep their configuration comes from (set by cvsweep finalize)",
+    "log_artifacts": "log best/last checkpoints as W&B model artifacts",
+    "save_requirements": "save W&B's list of installed pip packages with each run (sweep workers turn it off)",
+    # experiment
+    "model_name": "timm model name (timm.list_models())",
+    "pretrained": "start from pretrained weights (the hub, or pretrained_path offline)",
+    "pretrained_path": "local weights file for pretrained=True on machines without internet",
+    "num_classes": "empty: inferred from meta.csv or the data",
+    "img_size": "square input size in pixels",
+    "batch_size": "batch size",
+    "learning_rate": "peak learning rate",
+    "epochs": "epochs",
+    "optimizer": "sgd | momentum | adam | adamw | nadam | radam | rmsprop | lamb | lion (timm create_optimizer_v2)",
+    "weight_decay": "weight decay",
+    "momentum": "momentum (sgd/momentum/rmsprop)",
+    "scheduler": "cosine | step | multistep | plateau | poly | tanh | none (timm create_scheduler_v2)",
+    "warmup_epochs": "linear warmup epochs",
+    "warmup_lr": "learning rate at the start of warmup",
+    "min_lr": "floor of the schedule",
+    "label_smoothing": "label smoothing in [0, 1)",
+    "drop_rate": "classifier dropout",
+    "grad_clip": "max gradient norm; empty: off",
+    "mixup": "timm Mixup/CutMix as a dict, e.g. {'alpha': 0.2}; keys below",
+    "augment": "augmentation strengths in [0, 1] as a dict, e.g. {'rotate': 0.5}; keys below",
+    "tta": "test-time views for predict: none, rot90, rot180, rot270, hflip, vflip",
+    "seed": "random seed",
+    "device": "auto | cpu | cuda | cuda:N",
+    "amp": "mixed precision; empty: on where the device supports it (CUDA), off on CPU",
+    "amp_dtype": "bf16 | fp16 (fp16 adds a gradient scaler)",
+    "channels_last": "channels_last memory format on CUDA",
+    # data
+    "data_dir": "dataset root: competition layout (train.csv, meta.csv, train/) or ImageFolder",
+    "train_csv": "competition CSV with ID,target",
+    "meta_csv": "CSV with target,class_name",
+    "image_dir": "folder of training images",
+    "val_fraction": "validation fraction of a plain split",
+    "stratify": "stratified split by class",
+    "folds": "0: plain split; K >= 2: K-fold",
+    "fold": "which fold validates when folds >= 2",
+    "split_seed": "seed of the split and folds; empty: the run's seed (finalize fixes it so configurations share folds)",
+    "test_dir": "folder of test images (predict, save_predictions)",
+    "sample_submission": "CSV listing the test IDs in submission order",
+    "resize": "pad (keep aspect ratio, white padding) | stretch",
+    "num_workers": "DataLoader worker processes",
+    "cache_dir": "decoded-image cache; empty: $XDG_CACHE_HOME/cvtrain or ~/.cache/cvtrain",
+    "skip_bad_images": "train without unreadable images (with a warning) instead of stopping",
+    # logging
+    "log_interval": "batches between batch-loss logs",
+    "system_interval": "seconds between GPU/CPU/RAM samples",
+    "progress": "progress bars",
+    # paths
+    "output_root": "parent of run output directories",
+    "output_dir": "this run's output directory; empty: <output_root>/<run name>",
+    "checkpoint_dir": "empty: <output_dir>/checkpoints",
+    "save_last": "save last.pt every epoch (needed for --resume)",
+    "save_predictions": "at the end, write the final epoch's softmax on the validation images "
+                        "(val_predictions.csv) and on the test set with the tta views (test_predictions.csv)",
+    # nested
+    "mixup.alpha": "mixup alpha; 0 disables mixup",
+    "mixup.cutmix_alpha": "cutmix alpha; 0 disables cutmix",
+    "mixup.prob": "probability of applying mixup or cutmix per batch",
+    "mixup.switch_prob": "probability of cutmix instead of mixup when both are on",
+    "augment.rotate": "probability of a 90/180/270 degree rotation",
+    "augment.flip": "probability of a horizontal or vertical flip",
+    "augment.affine": "probability of a small affine (max 10 deg, 5% shift, 10% scale)",
+    "augment.blur": "probability of a Gaussian blur",
+    "augment.noise": "probability of Gaussian pixel noise",
+    "augment.jpeg": "probability of JPEG re-compression damage (quality 20-60)",
+}
 
 
 GROUPS: dict[str, type] = {
@@ -222,6 +305,61 @@ def known_param_paths() -> list[str]:
     for n, sub in NESTED_FIELDS.items():
         out += [f"{n}.{k}" for k in sub]
     return sorted(out)
+
+
+def _type_name(tp) -> str:
+    base, optional = _base_type(tp)
+    name = getattr(base, "__name__", str(base))
+    return name + (" or empty" if optional else "")
+
+
+def settings_help() -> str:
+    """Every setting by group: option, type, default and one line of meaning."""
+    defaults = Config()
+    table: list[tuple[str, ...]] = []
+    for gname in ("experiment", "data", "logging", "paths", "wandb"):
+        table.append((f"{gname}:",))
+        for f in fields(GROUPS[gname]):
+            name = f.name
+            if name in SECRET_FIELDS:
+                table.append((f"  {WANDB_ENV[name]}", "str", "(env/.env only)", HELP[name]))
+                continue
+            value = getattr(getattr(defaults, gname), name)
+            rows = [(name, FIELD_TYPES[name], value)]
+            if name in NESTED:
+                rows = [(name, dict, None)] + [(f"{name}.{k}", NESTED_FIELDS[name][k], getattr(value, k))
+                                               for k in NESTED_FIELDS[name]]
+            for key, tp, default in rows:
+                shown = "" if default is None else (",".join(default) if isinstance(default, list) else str(default))
+                table.append((f"  --{key}", _type_name(tp), shown, HELP[key]))
+    w = [max(len(r[i]) for r in table if len(r) > 1) for i in range(3)]
+    return "\n".join(r[0] if len(r) == 1 else f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}"
+                     for r in table)
+
+
+def timm_model_names(cache_dir: str | os.PathLike | None = None) -> set[str]:
+    """timm's model names, from a cache file per timm version: checking a name then costs no torch import."""
+    import json
+    from importlib.metadata import version
+
+    base = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME")
+                                                  or Path.home() / ".cache") / "cvtrain"
+    path = base / f"timm-{version('timm')}-models.json"
+    try:
+        return set(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
+    import timm
+
+    names = sorted(timm.list_models())
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(names))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: the next check imports timm again, nothing worse
+    return set(names)
 
 
 class ConfigError(ValueError):
@@ -484,7 +622,7 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
     for name in ("weight_decay", "warmup_lr", "min_lr", "drop_rate"):
         if cfg.get(name) < 0:
             bad(name, "must be >= 0")
-    if e.warmup_epochs < 0 or e.warmup_epochs >= e.epochs:
+    if e.warmup_epochs < 0 or (e.epochs >= 1 and e.warmup_epochs >= e.epochs):
         bad("warmup_epochs", f"must be >= 0 and < epochs ({e.epochs})")
     if not (0 <= e.label_smoothing < 1):
         bad("label_smoothing", "must be in [0, 1)")
@@ -521,11 +659,13 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
 
 
 def validate_model_name(cfg: Config) -> list[str]:
-    import timm
+    return check_model_name(cfg.experiment.model_name, cfg.sources.get("model_name"))
 
-    name = cfg.experiment.model_name
-    if timm.is_model(name.split(".")[0]):
+
+def check_model_name(name: str, source: str | None = None) -> list[str]:
+    """[] for a timm model name (a pretrained tag after a dot is allowed), else one problem with close matches."""
+    names = timm_model_names()
+    if name.split(".")[0] in names:
         return []
-    hint = close_matches(name, timm.list_models(), n=5)
-    return [f"model_name={name!r} (from {cfg.sources.get('model_name')}): not a timm model{hint}; "
-            f"see timm.list_models()"]
+    hint = close_matches(name, names, n=5)
+    return [f"model_name={name!r} (from {source}): not a timm model{hint}; see timm.list_models()"]

@@ -162,9 +162,22 @@ def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
     return optimizer, scheduler, mixup, train_loss
 
 
+_SAID: set[str] = set()
+
+
+def say_once(message: str, *args) -> None:
+    """Log a notice once per process, not once per trial of a sweep worker."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.info(message, *args)
+
+
 def amp_context(cfg: Config, device: torch.device):
+    """(autocast factory, grad scaler): amp empty means on where the device supports it (CUDA)."""
     e = cfg.experiment
-    if not e.amp or device.type != "cuda":
+    if e.amp and device.type != "cuda":
+        say_once("amp=True has no effect on %s; training in float32", device.type)
+    if not (e.amp if e.amp is not None else device.type == "cuda") or device.type != "cuda":
         return contextlib.nullcontext, None
     dtype = torch.bfloat16 if e.amp_dtype == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -326,8 +339,6 @@ def _setup(cfg: Config, resume: str | None) -> Session:
     device = select_device(e.device)
     out_dir = resolve_output_dir(cfg)
     ckpt_dir = Path(cfg.paths.checkpoint_dir) if cfg.paths.checkpoint_dir else out_dir / "checkpoints"
-    if e.amp and device.type != "cuda":
-        log.info("amp=True has no effect on %s; training in float32", device)
     data = build_data(cfg, device)
     num_classes = e.num_classes or data.index.num_classes
     if num_classes < data.index.num_classes:

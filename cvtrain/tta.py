@@ -1,13 +1,13 @@
 """Test-time views: the rotations and flips the documents' test set has."""
 from __future__ import annotations
 
-import torch
-
 TTA_VIEWS = ("none", "rot90", "rot180", "rot270", "hflip", "vflip")
 
 
-def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
-    """Apply one view to a batch (N, C, H, W)."""
+def apply_view(x, view: str):
+    """Apply one view to a batch (N, C, H, W) tensor. (torch loads only here: config checks use TTA_VIEWS.)"""
+    import torch
+
     if view == "none":
         return x
     if view.startswith("rot"):

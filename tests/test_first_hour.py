@@ -1,0 +1,143 @@
+"""What a new user meets first: validation that catches what the trainer would reject, plain help, fast errors."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from agent.cli import cli
+from conftest import PY, ROOT
+
+
+def _sweep_file(tmp_path, params, method="random"):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"method": method, "metric": {"name": "best_val_f1", "goal": "maximize"},
+                                 "parameters": params}))
+    return f
+
+
+@pytest.mark.parametrize("spec", [{"value": "resnet10x"}, {"values": ["resnet18", "resnet10x"]}])
+def test_validate_exits_2_for_an_unknown_model_name_in_value_or_values(tmp_path, spec):
+    res = CliRunner().invoke(cli, ["validate", str(_sweep_file(tmp_path, {"model_name": spec}))])
+    assert res.exit_code == 2
+    line = [ln for ln in res.output.splitlines() if "resnet10x" in ln]
+    assert len(line) == 1 and "not a timm model" in line[0] and "did you mean resnet10t" in line[0]
+
+
+def test_validate_runs_the_trainers_checks_on_every_listed_value_and_range_end(tmp_path):
+    f = _sweep_file(tmp_path, {"learning_rate": {"distribution": "log_uniform_values", "min": 1.0e-4, "max": 20.0},
+                               "optimizer": {"values": ["adamw", "adamm"]},
+                               "augment": {"parameters": {"rotate": {"values": [0.5, 1.5]}}},
+                               "epochs": {"values": [10, 0]}})
+    res = CliRunner().invoke(cli, ["validate", str(f)])
+    assert res.exit_code == 2
+    out = res.output
+    assert "parameters.learning_rate.max=20.0: learning_rate=20.0 (from sweep): must be > 0 and < 10" in out
+    assert "parameters.optimizer.values[1]='adamm': optimizer='adamm'" in out and "did you mean adam" in out
+    assert "parameters.augment.rotate.values[1]=1.5: augment.rotate=1.5 (from sweep): must be in [0, 1]" in out
+    assert "parameters.epochs.values[1]=0: epochs=0 (from sweep): must be >= 1" in out
+    assert "Traceback" not in out
+
+
+def test_a_mistyped_distribution_names_the_closest_one(tmp_path):
+    f = _sweep_file(tmp_path, {"learning_rate": {"distribution": "log_uniform_value", "min": 1.0e-4, "max": 0.1}})
+    res = CliRunner().invoke(cli, ["validate", str(f)])
+    assert res.exit_code == 2
+    assert re.search(r"parameters\.learning_rate\.distribution: 'log_uniform_value' is not a distribution "
+                     r"\(did you mean log_uniform_values", res.output)
+
+
+def test_a_data_dir_missing_from_here_is_flagged_and_create_stores_relative_paths_absolute(tmp_path, monkeypatch,
+                                                                                          demo_dir):
+    monkeypatch.setenv("CVSWEEP_DIR", str(tmp_path / "state"))
+    missing = _sweep_file(tmp_path, {"data_dir": {"value": "no/such/dir"}, "learning_rate": {"values": [0.1]}})
+    res = CliRunner().invoke(cli, ["validate", str(missing)])
+    assert "warning: parameters.data_dir: 'no/such/dir' does not exist from" in res.stderr
+    os.symlink(demo_dir, tmp_path / "data")
+    rel = _sweep_file(tmp_path, {"data_dir": {"value": "data"}, "learning_rate": {"values": [0.1]}})
+    res = CliRunner().invoke(cli, ["create", str(rel), "--backend", "local"])
+    assert res.exit_code == 0, res.output
+    assert f"stored as an absolute path (agents may start elsewhere): data_dir: data -> {tmp_path / 'data'}" in res.output
+    from agent.store import SQLiteStore
+
+    sweep = SQLiteStore().get_sweep(res.output.strip().splitlines()[-1])
+    assert sweep.config["parameters"]["data_dir"]["value"] == str(tmp_path / "data")
+
+
+def test_cvtrain_help_shows_every_setting_with_type_default_and_meaning():
+    from cvtrain.config import HELP, KNOWN_KEYS, NESTED_FIELDS
+
+    proc = subprocess.run([PY, "-m", "cvtrain", "--help"], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    out = proc.stdout
+    for group in ("experiment:", "data:", "logging:", "paths:", "wandb:"):
+        assert f"\n{group}\n" in out
+    for key in KNOWN_KEYS:
+        assert key in HELP, f"{key} has no help line"
+    for n, sub in NESTED_FIELDS.items():
+        for k in sub:
+            assert f"{n}.{k}" in HELP
+    assert re.search(r"--learning_rate\s+float\s+0\.001\s+peak learning rate", out)
+    assert re.search(r"--augment\.rotate\s+float\s+0\.5\s+probability of a 90/180/270", out)
+    assert re.search(r"--pretrained_path\s+str or empty\s+local weights file", out)
+
+
+def test_env_template_comments_are_the_help_lines():
+    from cvtrain.config import ENV_PREFIX, HELP, KNOWN_KEYS, WANDB_ENV
+
+    lines = (ROOT / ".env.template").read_text().splitlines()
+    for name in KNOWN_KEYS:
+        var = WANDB_ENV.get(name, ENV_PREFIX + name.upper())
+        i = next(i for i, ln in enumerate(lines) if re.match(rf"#?\s*{var}=", ln))
+        assert lines[i - 1] == f"# {HELP[name]}", var
+
+
+def test_predict_help_and_a_closed_pipe_are_not_errors():
+    proc = subprocess.run([PY, "-m", "cvtrain", "predict", "--help"], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0 and "--checkpoint=PATH" in proc.stdout and proc.stderr == ""
+    # `cvtrain -h | head -1`: the reader has gone before the help is written
+    proc = subprocess.Popen([PY, "-m", "cvtrain", "-h"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def test_config_errors_come_before_torch_loads_and_leave_nothing_behind(tmp_path):
+    from cvtrain.config import timm_model_names
+
+    cache = tmp_path / "xdg"
+    timm_model_names(cache / "cvtrain")  # the per-timm-version name list, as the first real run leaves it
+    code = ("import sys; from cvtrain.cli import main; rc = main(['--model_name=resnet10x', '--epochs=0', "
+            f"'--output_dir={tmp_path / 'out'}']); print('torch loaded:', 'torch' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=_env(XDG_CACHE_HOME=str(cache)))
+    assert proc.returncode == 2
+    assert "torch loaded: False" in proc.stdout
+    assert "model_name='resnet10x' (from cli): not a timm model" in proc.stderr and "epochs=0" in proc.stderr
+    assert "warmup_epochs" not in proc.stderr, "a consequence of another error is not reported as its own"
+    assert not (tmp_path / "out").exists()
+
+
+def test_amp_defaults_to_what_the_device_supports_and_a_forced_amp_on_cpu_is_said_once(tiny, caplog):
+    import logging
+
+    from cvtrain import engine
+
+    caplog.set_level(logging.INFO, logger="cvtrain.engine")
+    assert tiny().experiment.amp is None
+    import torch
+
+    assert engine.amp_context(tiny(), torch.device("cpu"))[1] is None
+    engine._SAID.clear()
+    for _ in range(3):
+        engine.amp_context(tiny(amp=True), torch.device("cpu"))
+    said = [r for r in caplog.records if "amp=True has no effect on cpu" in r.getMessage()]
+    assert len(said) == 1

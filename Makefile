@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast bench install browser clean
 
+# The venv takes about 6 GB (torch's CUDA build, which also runs on the CPU) and about 2 minutes.
 $(STAMP): setup.cfg pyproject.toml
+	@echo "setting up $(VENV): torch, timm, wandb, sweeps and the rest (about 6 GB on disk, ~2 minutes)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(PY) -m pip install --progress-bar on -e '.[test]' | grep -E '^(Collecting|Successfully installed)' || true
+	$(PY) -c "import torch, timm, wandb, sweeps" && touch $(STAMP)
 
 install: $(STAMP)
 
@@ -20,11 +22,12 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(PY) -m pytest
 
-# The report test opens the page in Debian's headless Chromium (no browser download).
+# The report test opens the page in Debian's headless Chromium (no browser download). As root with
+# apt-get, `make test` installs Debian's chromium package (~300 MB) for it; otherwise that test skips.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium for the report's browser test"; \
+	    echo "installing Debian's chromium (apt-get, ~300 MB) for the report's browser test; skip it: make test-fast"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	      || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium not installed (apt-get install chromium): the browser test will be skipped"; fi; }

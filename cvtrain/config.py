@@ -12,6 +12,8 @@ or dotted keys (``--mixup.alpha=0.2``).
 
 The W&B API key is a field of :class:`WandbConfig` but never leaves it: it is
 excluded from :meth:`Config.to_flat_dict`, from ``repr`` and from every file.
+The key and the server address (``base_url``) say how to reach W&B, not how to
+train: neither is logged with the run nor settable by a sweep.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Environment variables read for W&B settings, by field.
 WANDB_ENV = {
     "api_key": "WANDB_API_KEY",
+    "base_url": "WANDB_BASE_URL",
     "project": "WANDB_PROJECT",
     "entity": "WANDB_ENTITY",
     "mode": "WANDB_MODE",
@@ -53,9 +56,10 @@ ENV_PREFIX = "CVTRAIN_"
 @dataclass
 class WandbConfig:
     api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None   # None: wandb's own (settings files, else https://api.wandb.ai)
     project: str = "cvsweep"
     entity: str | None = None
-    mode: str | None = None  # None: online when an API key is configured, else offline
+    mode: str | None = None  # None: online when wandb finds credentials (env, .env, netrc, settings), else offline
     tags: list = field(default_factory=list)
     group: str | None = None
     job_type: str = "train"
@@ -153,6 +157,8 @@ GROUPS: dict[str, type] = {
     "paths": PathsConfig,
 }
 SECRET_FIELDS = frozenset({"api_key"})
+#: How to reach W&B: never in the logged config, never set by a sweep.
+CONNECTION_FIELDS = frozenset({"api_key", "base_url"})
 NESTED = {"mixup": MixupConfig, "augment": AugmentConfig}
 
 
@@ -172,7 +178,7 @@ class Config:
         for gname in GROUPS:
             group = getattr(self, gname)
             for f in fields(group):
-                if f.name in SECRET_FIELDS:
+                if f.name in CONNECTION_FIELDS:
                     continue
                 value = getattr(group, f.name)
                 out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else _plain(value)
@@ -180,12 +186,6 @@ class Config:
 
     def get(self, name: str) -> Any:
         return getattr(getattr(self, FIELD_GROUP[name]), name)
-
-    @property
-    def wandb_mode(self) -> str:
-        if self.wandb.mode:
-            return self.wandb.mode
-        return "online" if self.wandb.api_key else "offline"
 
 
 def _plain(value):
@@ -204,8 +204,8 @@ for _gname, _cls in GROUPS.items():
         FIELD_TYPES[_f.name] = _hints[_f.name]
 NESTED_FIELDS = {n: {f.name: typing.get_type_hints(c)[f.name] for f in fields(c)} for n, c in NESTED.items()}
 KNOWN_KEYS = sorted(FIELD_GROUP)
-#: Keys a sweep or a config file may set (every field but the secret).
-PARAM_KEYS = sorted(k for k in FIELD_GROUP if k not in SECRET_FIELDS)
+#: Keys a sweep or a config file may set (every field but how to reach W&B).
+PARAM_KEYS = sorted(k for k in FIELD_GROUP if k not in CONNECTION_FIELDS)
 
 
 def known_param_paths() -> list[str]:
@@ -392,7 +392,7 @@ def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) 
     if head not in FIELD_GROUP:
         problems.append(f"{key}: unknown setting (from {source}){close_matches(head, known_param_paths())}")
         return
-    if head in SECRET_FIELDS and source == "sweep":
+    if head in CONNECTION_FIELDS and source == "sweep":
         problems.append(f"{key}: cannot be set by a sweep")
         return
     group = getattr(cfg, FIELD_GROUP[head])

@@ -34,8 +34,9 @@ from .config import Config, ConfigError, validate_config
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
 from .model import build_model, model_stats
 from .system import SystemMonitor, environment_info
-from .stop import StopRequest
-from .tracking import create_run_name, finish_run, in_wandb_sweep, init_wandb, save_model_artifact
+from .stop import EXIT_PREEMPTED, StopRequest
+from .tracking import (create_run_name, finish_run, in_wandb_sweep, init_wandb, mark_preempting,
+                       save_model_artifact)
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +433,8 @@ def _end_failed(s: Session, exc: BaseException) -> None:
 
 
 def _end(s: Session, outcome: Outcome) -> TrainResult:
-    """Final reports, artifacts, summary: a finished, stopped or preempted run ends cleanly (exit code 0)."""
+    """Final reports, artifacts, summary; the W&B run ends with exit code 0 (finished, stopped) or,
+    preempted, marked preempting with a non-zero exit code: W&B's contract for requeueing it."""
     summary = _summary(s.state, s.stats, outcome.state, outcome.reason, s.monitor.stop())
     if outcome.state == "lost":
         # Another worker owns the trial now: leave its outputs alone.
@@ -445,7 +447,9 @@ def _end(s: Session, outcome: Outcome) -> TrainResult:
         _log_checkpoints(s, best_path)
     _summary_to_run(s.run, summary)
     _write_json(s.out_dir / "summary.json", summary)
-    finish_run(s.run, 0)
+    if outcome.state == "preempted":
+        mark_preempting(s.run)
+    finish_run(s.run, EXIT_PREEMPTED if outcome.state == "preempted" else 0)
     return TrainResult(outcome.state, summary, s.out_dir, best_path, _run_id(s.run), outcome.reason,
                        list(s.state.history))
 

@@ -157,7 +157,7 @@ def test_output_dir_is_per_wandb_run_under_wandb_agent(tiny):
     cfg = tiny(output_dir=None)
     env = {"WANDB_SWEEP_ID": "sw9", "WANDB_SWEEP_PARAM_PATH": "/x.yaml", "WANDB_RUN_ID": "abc123"}
     assert resolve_output_dir(cfg, env) == Path("outputs") / "sweep-sw9" / "abc123"
-    assert resolve_output_dir(cfg, {}) == Path("outputs") / "test_resnet-lr3e-03-bs16-32px-s42"
+    assert resolve_output_dir(cfg, {}) == Path("outputs") / "test_resnet-lr0.003-bs16-32px-s42"
 
 
 @pytest.mark.slow
@@ -175,7 +175,7 @@ def test_sigterm_ends_a_cvtrain_run_cleanly_and_resume_auto_continues(demo_dir, 
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, log[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, log[-2000:]  # preempted: W&B requeues a non-zero exit
     summary = json.loads((out / "summary.json").read_text())
     assert summary["state"] == "preempted" and summary["epochs_completed"] < 40 and "--resume=auto" in log
     done = subprocess.run(argv + ["--resume=auto"], env=cli_env(tmp_path), capture_output=True, text=True,

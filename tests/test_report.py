@@ -12,10 +12,9 @@ from click.testing import CliRunner
 from agent.cli import cli
 from agent.controller import LocalController
 from agent.report import build_html, collect, param_importance, write_report
-from agent.store import SQLiteStore, Trial, WandbStore
+from agent.store import SQLiteStore, Trial
 from conftest import ROOT
 from sweep_helpers import tiny_params
-from wandb_fakes import fake_api
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -85,18 +84,6 @@ def test_report_cli_writes_the_file(local_sweep, tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["report", sid, "-o", str(tmp_path / "x.html")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "x.html").stat().st_size > 1_000_000  # plotly is inside
-
-
-def test_report_from_faked_wandb_runs():
-    api = fake_api()
-    runs = {r.name: r for r in api.sweeps["abc123"].runs}
-    runs["r3"].rows = [{"epoch": e, "val_f1": 0.2 * e, "_step": e} for e in (1, 2, 3)] + [{"_step": 9, "batch/loss": 1}]
-    store = WandbStore(api=api, entity="team", project="docs")
-    page = build_html(collect(store, "abc123"))
-    assert 'id="learning-curves"' in page and 'id="parcoords"' in page and "r3" in page
-    assert "NonFiniteLossError: nan" in page  # failures grouped by message
-    assert "Parameter importance needs at least 5 finished trials" in page
-    assert "confusion matrix files" in page
 
 
 def test_all_failed_and_empty_sweeps_render_with_notes(tmp_path):

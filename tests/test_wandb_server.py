@@ -114,3 +114,208 @@ def test_credentials_only_in_netrc_authenticate_an_online_run(wandb_server_netrc
 
     assert server.runs[run.id].state == "finished"
     assert_clean(server)
+
+
+# --------------------------------------------------------------------------- sweeps and agents
+
+SWEEP = {"method": "random", "metric": {"name": "best_val_f1", "goal": "maximize"},
+         "parameters": {"learning_rate": {"min": 1e-5, "max": 1e-2}, "amp": {"values": [True, False]}}}
+
+
+def test_wandb_sweep_registers_the_config_and_returns_its_id(wandb_server):
+    sweep_id = wandb.sweep(SWEEP, project="proj", entity=wandb_server.entity)
+
+    sweep = wandb_server.sweeps[sweep_id]
+    assert (sweep.entity, sweep.project, sweep.state) == (wandb_server.entity, "proj", "RUNNING")
+    # wandb fills `distribution` for min/max pairs before sending the YAML
+    assert sweep.config["parameters"]["learning_rate"] == {"min": 1e-5, "max": 1e-2, "distribution": "uniform"}
+    assert sweep.config["metric"] == SWEEP["metric"]
+    # a side effect product code must expect: wandb.sweep exports the project/entity to os.environ
+    assert os.environ["WANDB_PROJECT"] == "proj" and os.environ["WANDB_ENTITY"] == wandb_server.entity
+    assert_clean(wandb_server)
+
+
+def test_in_process_agent_runs_each_queued_trial_with_its_parameters(wandb_server, monkeypatch):
+    from wandb_server import fast_agents
+
+    fast_agents(monkeypatch)
+    sweep_id = wandb_server.add_sweep(SWEEP, project="proj")
+    queued = [wandb_server.queue_run(sweep_id, {"learning_rate": 1e-4, "amp": True, "opt": {"name": "adamw"}}),
+              wandb_server.queue_run(sweep_id, {"learning_rate": 3e-3, "amp": False, "opt": {"name": "sgd"}})]
+    seen = []
+
+    def trial():
+        run = wandb.init()
+        seen.append((run.id, run.sweep_id, dict(run.config)))
+        run.log({"best_val_f1": 0.5})
+
+    wandb.agent(f"{wandb_server.entity}/proj/{sweep_id}", function=trial, count=2)
+
+    assert [s[0] for s in seen] == queued
+    assert {s[1] for s in seen} == {sweep_id}
+    assert seen[0][2] == {"learning_rate": 1e-4, "amp": True, "opt": {"name": "adamw"}}
+    assert seen[1][2] == {"learning_rate": 3e-3, "amp": False, "opt": {"name": "sgd"}}
+    for run_id in queued:
+        record = wandb_server.runs[run_id]
+        assert (record.sweep, record.state, record.history[-1]["best_val_f1"]) == (sweep_id, "finished", 0.5)
+    assert_clean(wandb_server)
+
+
+def test_in_process_stop_is_a_bare_exception_injected_into_the_trial_thread(wandb_server, monkeypatch):
+    """pyagent stops a trial with PyThreadState_SetAsyncExc(thread, Exception): a plain `Exception()`
+    raised wherever the trial's thread happens to be; then it calls wandb.finish(exit_code=1), so
+    the stopped run is `failed` on W&B unless the trial finished it first."""
+    import threading
+
+    from wandb_server import fast_agents
+
+    fast_agents(monkeypatch)
+    sweep_id = wandb_server.add_sweep(SWEEP, project="proj")
+    run_id = wandb_server.queue_run(sweep_id, {"learning_rate": 1e-3, "amp": False})
+    caught = {}
+
+    def trial():
+        run = wandb.init()
+        caught["thread"] = threading.current_thread()
+        wandb_server.stop_run(run.id)
+        try:
+            for step in range(200):
+                run.log({"best_val_f1": step / 200})
+                threading.Event().wait(0.05)
+        except Exception as exc:  # noqa: BLE001 - what pyagent raises is exactly this
+            caught["exc"] = exc
+            caught["step"] = step
+            raise
+
+    wandb.agent(sweep_id, function=trial, entity=wandb_server.entity, project="proj", count=1)
+
+    assert type(caught["exc"]) is Exception and caught["exc"].args == ()
+    assert caught["thread"] is not threading.main_thread()
+    assert caught["step"] < 200
+    record = wandb_server.runs[run_id]
+    assert (record.state, record.exitcode) == ("failed", 1)
+    assert [c["type"] for c in wandb_server.agents[record.agent].sent] == ["run", "stop"]
+    assert_clean(wandb_server)
+
+
+TRIAL = '''\
+import json, os, signal, sys, time
+import wandb
+
+got = {}
+signal.signal(signal.SIGTERM, lambda signum, frame: got.setdefault("signal", signum))
+run = wandb.init()
+record = {"argv": sys.argv[1:], "run_id": run.id, "sweep_id": run.sweep_id, "config": dict(run.config),
+          "env": {k: os.environ.get(k) for k in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH",
+                                                 "WANDB_API_KEY")}}
+for step in range(int(os.environ.get("TRIAL_STEPS", "2"))):
+    if "signal" in got:
+        break
+    run.log({"best_val_f1": step / 100})
+    time.sleep(0.1)
+record["signal"] = got.get("signal")
+run.summary["stopped"] = "signal" in got
+with open(os.path.join(os.environ["TRIAL_OUT"], run.id + ".json"), "w") as f:
+    json.dump(record, f)
+run.finish()
+'''
+
+
+def cli_sweep(server, tmp_path, monkeypatch, steps):
+    """A sweep whose program is TRIAL (run with this interpreter); its records land in tmp_path/out."""
+    import sys
+
+    program = tmp_path / "trial.py"
+    program.write_text(TRIAL)
+    (tmp_path / "out").mkdir()
+    monkeypatch.setenv("TRIAL_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("TRIAL_STEPS", str(steps))
+    config = dict(SWEEP, program=str(program), command=["${env}", sys.executable, "${program}", "${args}"])
+    return server.add_sweep(config, project="proj")
+
+
+def trial_record(tmp_path, run_id):
+    import json
+
+    return json.loads((tmp_path / "out" / f"{run_id}.json").read_text())
+
+
+def test_cli_agent_runs_the_program_and_a_stop_arrives_as_sigterm(wandb_server, tmp_path, monkeypatch):
+    import subprocess
+
+    from wandb_server import agent_cli
+
+    sweep_id = cli_sweep(wandb_server, tmp_path, monkeypatch, steps=600)
+    run_id = wandb_server.queue_run(sweep_id, {"learning_rate": 1e-4, "amp": False, "opt": {"name": "adamw"}})
+    agent = subprocess.Popen(agent_cli(f"{wandb_server.entity}/proj/{sweep_id}", poll_interval=1),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wandb_server.wait_for(lambda: wandb_server.runs[run_id].history, 60, "the trial's first metrics")
+        wandb_server.stop_run(run_id)
+        wandb_server.wait_for(lambda: wandb_server.runs[run_id].finished, 30, "the stopped trial to finish")
+        wandb_server.finish_sweep(sweep_id)  # no more work: the next heartbeat says exit
+        output, _ = agent.communicate(timeout=30)
+    finally:
+        agent.kill()
+    assert agent.returncode == 0, output
+
+    record = trial_record(tmp_path, run_id)
+    assert record["signal"] == 15  # SIGTERM, to the child's pid (its own process group)
+    assert record["argv"] == ["--learning_rate=0.0001", "--amp=False", "--opt={'name': 'adamw'}"]
+    assert record["config"] == {"learning_rate": 1e-4, "amp": False, "opt": {"name": "adamw"}}
+    assert (record["run_id"], record["sweep_id"]) == (run_id, sweep_id)
+    assert record["env"]["WANDB_SWEEP_ID"] == sweep_id and record["env"]["WANDB_RUN_ID"] == run_id
+    assert record["env"]["WANDB_SWEEP_PARAM_PATH"].endswith(f"sweep-{sweep_id}/config-{run_id}.yaml")
+    server_run = wandb_server.runs[run_id]
+    assert (server_run.state, server_run.sweep, server_run.summary["stopped"]) == ("finished", sweep_id, True)
+    sent = wandb_server.agents[server_run.agent].sent
+    assert [c["type"] for c in sent] == ["run", "stop", "exit"]
+    assert_clean(wandb_server)
+
+
+def test_cli_agent_with_netrc_login_gives_the_child_no_key_and_its_run_is_still_online(
+        wandb_server_netrc, tmp_path, monkeypatch):
+    import subprocess
+
+    from wandb_server import agent_cli
+
+    server = wandb_server_netrc
+    sweep_id = cli_sweep(server, tmp_path, monkeypatch, steps=2)
+    run_id = server.queue_run(sweep_id, {"learning_rate": 1e-3, "amp": True})
+    subprocess.run(agent_cli("--count", "1", sweep_id, "--project", "proj", "--entity", server.entity,
+                             poll_interval=1), timeout=60, check=True, capture_output=True)
+
+    record = trial_record(tmp_path, run_id)
+    assert record["env"]["WANDB_API_KEY"] is None  # the agent never passes the key on
+    assert server.runs[run_id].state == "finished" and len(server.runs[run_id].history) == 2
+    assert_clean(server)
+
+
+@pytest.mark.slow
+def test_cli_agent_unmodified_heartbeats_every_five_seconds(wandb_server, tmp_path, monkeypatch):
+    import subprocess
+
+    from wandb_server import agent_cli
+
+    sweep_id = cli_sweep(wandb_server, tmp_path, monkeypatch, steps=2)
+    run_id = wandb_server.queue_run(sweep_id, {"learning_rate": 1e-3, "amp": True})
+    subprocess.run(agent_cli("--count", "1", f"{wandb_server.entity}/proj/{sweep_id}"), timeout=90, check=True,
+                   capture_output=True)
+
+    assert wandb_server.runs[run_id].state == "finished"
+    times = {request: t for t, request in reversed(wandb_server.timeline)}  # first time of each
+    assert times["Heartbeat"] - times["CreateAgent"] > 4.5  # the agent waits a poll interval first
+    assert_clean(wandb_server)
+
+
+@pytest.mark.parametrize("flag, state", [("--pause", "PAUSED"), ("--stop", "FINISHED"), ("--cancel", "CANCELED")])
+def test_sweep_state_commands_reach_the_server(wandb_server, flag, state):
+    from click.testing import CliRunner
+    from wandb.cli.cli import cli
+
+    sweep_id = wandb_server.add_sweep(SWEEP, project="proj")
+    result = CliRunner().invoke(cli, ["sweep", flag, f"{wandb_server.entity}/proj/{sweep_id}"])
+
+    assert result.exit_code == 0, result.output
+    assert wandb_server.sweeps[sweep_id].states == [state]
+    assert_clean(wandb_server)

@@ -71,6 +71,7 @@ import secrets
 import string
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,6 +94,11 @@ def _now() -> str:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def _project_number(entity: str, project: str) -> str:
+    """W&B's numeric project id (`projectId`, `internalId`): the client calls int() on it."""
+    return str(zlib.crc32(f"{entity}/{project}".encode()) % 1_000_000)
 
 
 def _unb64(text: str) -> str:
@@ -239,6 +245,8 @@ class WandbServer:
         self.agents: dict[str, AgentRecord] = {}
         self.artifacts: dict[str, ArtifactRecord] = {}
         self.requests: list[str] = []  # operation names / REST kinds, in order
+        self.timeline: list[tuple[float, str]] = []  # (seconds since start, request): for timing questions
+        self._t0 = time.monotonic()
         self.unknown_ops: list[str] = []
         self.errors: list[str] = []  # handler exceptions (server-side bugs)
         self.auth: list[tuple[str, str | None]] = []  # (operation, key used or None)
@@ -402,6 +410,10 @@ class WandbServer:
 
     # ----------------------------------------------------------------- helpers
 
+    def _record(self, request: str) -> None:
+        self.requests.append(request)
+        self.timeline.append((time.monotonic() - self._t0, request))
+
     def _new_id(self, taken: dict) -> str:
         while True:
             new = "".join(secrets.choice(_ID_CHARS) for _ in range(8))
@@ -425,7 +437,7 @@ class WandbServer:
     def _project_node(self, entity: str | None, project: str | None) -> dict:
         entity = entity or self.entity
         project = project or "uncategorized"
-        return {"id": _b64(f"Project:{entity}/{project}"), "name": project, "internalId": _b64(project),
+        return {"id": _b64(f"Project:{entity}/{project}"), "name": project, "internalId": _project_number(entity, project),
                 "readOnly": False, "entity": {"id": _b64(f"Entity:{entity}"), "name": entity}}
 
     # ----------------------------------------------------------------- dispatch
@@ -438,7 +450,7 @@ class WandbServer:
             match = _OP_RE.search(query)
             op = match.group(2) if match else "<anonymous>"
         with self.lock:
-            self.requests.append(op)
+            self._record(op)
             self.auth.append((op, key))
             handler = self._ops.get(op)
             if handler is None:
@@ -571,7 +583,7 @@ class WandbServer:
             "sampledHistory": lambda: self._sampled_history(run, variables),
             "history": lambda: self._full_history(run, variables),
             "events": lambda: [json.dumps(r) for r in run.events][-int(variables.get("samples") or 500):],
-            "projectId": lambda: _b64(run.project),
+            "projectId": lambda: _project_number(run.entity, run.project),
             "project": lambda: self._project_node(run.entity, run.project),
             "user": lambda: {"name": run.entity, "username": run.entity},
             "host": lambda: run.host,
@@ -696,7 +708,8 @@ class WandbServer:
         return {"artifact": self._artifact_node(art) if art else None}
 
     def _artifact_node(self, art: ArtifactRecord) -> dict:
-        project = {"id": _b64(f"Project:{art.entity}/{art.project}"), "internalId": _b64(art.project),
+        project = {"id": _b64(f"Project:{art.entity}/{art.project}"),
+                   "internalId": _project_number(art.entity, art.project),
                    "name": art.project, "entity": {"name": art.entity}}
         collection = {"__typename": "ArtifactSequence", "name": art.name, "project": project}
         return {
@@ -868,7 +881,7 @@ class WandbServer:
 
     def handle_file_stream(self, entity: str, project: str, run_id: str, body: dict) -> dict:
         with self.lock:
-            self.requests.append("file_stream")
+            self._record("file_stream")
             run = self.runs.get(run_id)
             if run is None:
                 run = self.runs[run_id] = RunRecord(id=run_id, entity=entity, project=project)
@@ -902,7 +915,7 @@ class WandbServer:
 
     def handle_upload(self, path: str, data: bytes) -> None:
         with self.lock:
-            self.requests.append("upload")
+            self._record("upload")
             self.uploads[path] = data
             parts = path.strip("/").split("/")
             if parts[:2] == ["upload", "run"] and len(parts) >= 6:
@@ -1051,7 +1064,7 @@ def _make_handler(server: WandbServer) -> type:
             key = self._key()
             if key is None or len(key) < 40:
                 with server.lock:
-                    server.requests.append(f"unauthorized:{what}")
+                    server._record(f"unauthorized:{what}")
                     server.auth.append((what, key))
                 self._reply({"errors": [{"message": "user is not logged in"}]}, 401)
                 return None
@@ -1094,7 +1107,7 @@ def _make_handler(server: WandbServer) -> type:
         def do_GET(self) -> None:  # noqa: N802
             path = urlsplit(self.path).path
             with server.lock:
-                server.requests.append(f"GET {path}")
+                server._record(f"GET {path}")
             if path.startswith("/upload/") and path in server.uploads:
                 data = server.uploads[path]
                 self.send_response(200)
@@ -1127,7 +1140,11 @@ def client_env(server: WandbServer, root: Path, *, netrc: bool = False) -> dict[
     env: dict[str, str | None] = {k: str(v) for k, v in dirs.items()}
     env.update(WANDB_BASE_URL=server.url, WANDB_MODE="online", WANDB_SILENT="true",
                WANDB_ENTITY=None, WANDB_PROJECT=None, WANDB_ERROR_REPORTING="false",
-               WANDB_DISABLE_CODE="true", WANDB_DISABLE_GIT="true", WANDB_AGENT_DISABLE_FLAPPING="true",
+               WANDB_DISABLE_CODE="true", WANDB_DISABLE_GIT="true",
+               # metrics reach the server within a second instead of every 15 s (wandb-core truncates
+               # the interval to whole seconds: "0.5" means 0, which means the 15 s default);
+               # no system-metrics sampler competing for the CPU
+               WANDB__FILE_STREAM_TRANSMIT_INTERVAL="1", WANDB__DISABLE_STATS="true",
                WANDB_API_KEY=server.api_key, NETRC=None)
     if netrc:
         home = root / "home"
@@ -1137,6 +1154,24 @@ def client_env(server: WandbServer, root: Path, *, netrc: bool = False) -> dict[
         path.chmod(0o600)
         env.update(HOME=str(home), WANDB_API_KEY=None)
     return env
+
+
+def agent_cli(*args: str, poll_interval: float | None = None) -> list[str]:
+    """argv of `wandb agent ARGS` in a subprocess; with `poll_interval`, the same CLI code with
+    `wandb_agent.Agent.POLL_INTERVAL` (5 s, no env var) lowered, so a test waits less per heartbeat."""
+    if poll_interval is None:
+        return [sys.executable, "-m", "wandb", "agent", *args]
+    shim = ("import sys; from wandb import wandb_agent; "
+            f"wandb_agent.Agent.POLL_INTERVAL = {float(poll_interval)!r}; "
+            "from wandb.cli.cli import cli; sys.exit(cli(prog_name='wandb'))")
+    return [sys.executable, "-c", shim, "agent", *args]
+
+
+def fast_agents(monkeypatch: Any, seconds: float = 0.2) -> None:
+    """In-process `wandb.agent`: heartbeat every `seconds` instead of 5 s (pyagent's own test knob)."""
+    from wandb.agents import pyagent
+
+    monkeypatch.setattr(pyagent.Agent, "HEARTBEAT_SLEEP_SECONDS", seconds)
 
 
 def teardown_wandb() -> None:

@@ -319,3 +319,106 @@ def test_sweep_state_commands_reach_the_server(wandb_server, flag, state):
     assert result.exit_code == 0, result.output
     assert wandb_server.sweeps[sweep_id].states == [state]
     assert_clean(wandb_server)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def seed_sweep_with_runs(server, count=120, names=7):
+    sweep_id = server.add_sweep(SWEEP, project="proj")
+    for i in range(count):
+        server.add_run("proj", name=f"lr-{i % names}", sweep=sweep_id, config={"learning_rate": i / 1000},
+                       summary={"best_val_f1": i / count, "nested": {"epoch": i}},
+                       history=[{"_step": s, "best_val_f1": s / 10, "loss": 1 - s / 10} for s in range(3)],
+                       state="finished" if i % 5 else "failed")
+    server.add_run("proj", name="lr-0", config={"learning_rate": 0.5})  # same project, not in the sweep
+    return sweep_id
+
+
+def test_api_sweep_runs_come_back_in_pages_of_ten_with_unique_ids(wandb_server):
+    sweep_id = seed_sweep_with_runs(wandb_server)
+
+    sweep = wandb.Api().sweep(f"{wandb_server.entity}/proj/{sweep_id}")
+    runs = list(sweep.runs)
+
+    assert (sweep.id, sweep.state, sweep.config["metric"]) == (sweep_id, "RUNNING", SWEEP["metric"])
+    assert len(runs) == 120 and len({run.id for run in runs}) == 120
+    assert len({run.name for run in runs}) == 7  # display names collide; ids do not
+    assert wandb_server.requests.count("Runs") == 12  # Sweep.runs pages by 10 (per_page=10)
+    assert sum(run.state == "failed" for run in runs) == 24
+    assert_clean(wandb_server)
+
+
+def test_api_run_config_summary_history_and_update_round_trip(wandb_server):
+    from wandb.apis.public.summary import HTTPSummary, SummarySubDict
+
+    sweep_id = seed_sweep_with_runs(wandb_server, count=12)
+    run = list(wandb.Api().sweep(f"{wandb_server.entity}/proj/{sweep_id}").runs)[3]
+    lazy_loads = wandb_server.requests.count("Run")
+
+    assert run.config == {"learning_rate": 0.003}
+    assert wandb_server.requests.count("Run") == lazy_loads + 1  # lazy runs: config costs a request each
+    assert isinstance(run.summary, HTTPSummary) and not isinstance(run.summary, dict)
+    assert isinstance(run.summary["nested"], SummarySubDict) and run.summary["nested"]["epoch"] == 3
+    assert run.summary["best_val_f1"] == 3 / 12
+    assert run.history(pandas=False) == wandb_server.runs[run.id].history
+    assert run.history(keys=["loss"], pandas=False) == [{"_step": s, "loss": 1 - s / 10} for s in range(3)]
+
+    run.summary["reason"] = "stopped: hyperband"
+    run.update()
+
+    assert wandb_server.runs[run.id].summary["reason"] == "stopped: hyperband"
+    assert wandb_server.runs[run.id].summary["nested"] == {"epoch": 3}
+    assert wandb_server.runs[run.id].params == {"learning_rate": 0.003}
+    assert_clean(wandb_server)
+
+
+def test_api_runs_filters_by_sweep_and_orders_by_summary(wandb_server):
+    sweep_id = seed_sweep_with_runs(wandb_server, count=30)
+    api = wandb.Api()
+
+    runs = api.runs(f"{wandb_server.entity}/proj", filters={"sweep": sweep_id, "state": "finished"},
+                    order="-summary_metrics.best_val_f1")
+    values = [run.summary["best_val_f1"] for run in runs]
+
+    assert len(values) == 24 and values == sorted(values, reverse=True)
+    assert api.sweep(f"{wandb_server.entity}/proj/{sweep_id}").best_run().summary["best_val_f1"] == 29 / 30
+    assert_clean(wandb_server)
+
+
+def test_api_sweep_path_needs_entity_and_project(wandb_server):
+    """`entity/id` is read as project/id: the sweep is looked up in project `entity` and not found."""
+    sweep_id = wandb_server.add_sweep(SWEEP, project="proj")
+    api = wandb.Api()
+
+    assert api.sweep(f"{wandb_server.entity}/proj/{sweep_id}").id == sweep_id
+    with pytest.raises(wandb.errors.CommError, match="Could not find sweep"):
+        api.sweep(f"{wandb_server.entity}/{sweep_id}")  # looked up as project "tester"
+    with pytest.raises(wandb.errors.CommError, match="missing project"):
+        api.sweep(sweep_id)
+
+
+# --------------------------------------------------------------------------- the server itself
+
+
+def test_unknown_operations_and_missing_credentials_are_recorded_not_hidden(wandb_server):
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    def post(body, key):
+        request = urllib.request.Request(f"{wandb_server.url}/graphql", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        if key:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"api:{key}".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    status, answer = post({"query": "query NoSuchThing { nothing }"}, wandb_server.api_key)
+    assert status == 200 and answer["errors"] and wandb_server.unknown_ops == ["NoSuchThing"]
+    assert post({"query": "query Viewer { viewer { id } }"}, None)[0] == 401
+    assert "unauthorized:graphql" in wandb_server.requests

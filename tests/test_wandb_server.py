@@ -199,21 +199,28 @@ def test_in_process_stop_is_a_bare_exception_injected_into_the_trial_thread(wand
 
 
 TRIAL = '''\
-import json, os, signal, sys, time
+import json, os, signal, sys, threading, time
+
+# SIGTERM is blocked in every thread and taken by sigwaitinfo, which also says who sent it.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+got = {}
+def wait_for_sigterm():
+    info = signal.sigwaitinfo({signal.SIGTERM})
+    got.update(signal=info.si_signo, sender=info.si_pid)
+threading.Thread(target=wait_for_sigterm, daemon=True).start()
 import wandb
 
-got = {}
-signal.signal(signal.SIGTERM, lambda signum, frame: got.setdefault("signal", signum))
 run = wandb.init()
 record = {"argv": sys.argv[1:], "run_id": run.id, "sweep_id": run.sweep_id, "config": dict(run.config),
           "env": {k: os.environ.get(k) for k in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH",
                                                  "WANDB_API_KEY")}}
 for step in range(int(os.environ.get("TRIAL_STEPS", "2"))):
-    if "signal" in got:
+    if "signal" in got and not os.environ.get("TRIAL_IGNORE_SIGTERM"):
         break
     run.log({"best_val_f1": step / 100})
     time.sleep(0.1)
 record["signal"] = got.get("signal")
+record["sent_by_parent"] = got.get("sender") == os.getppid()  # the agent is the trial's parent
 run.summary["stopped"] = "signal" in got
 with open(os.path.join(os.environ["TRIAL_OUT"], run.id + ".json"), "w") as f:
     json.dump(record, f)
@@ -261,6 +268,7 @@ def test_cli_agent_runs_the_program_and_a_stop_arrives_as_sigterm(wandb_server, 
 
     record = trial_record(tmp_path, run_id)
     assert record["signal"] == 15  # SIGTERM, to the child's pid (its own process group)
+    assert record["sent_by_parent"] is True
     assert record["argv"] == ["--learning_rate=0.0001", "--amp=False", "--opt={'name': 'adamw'}"]
     assert record["config"] == {"learning_rate": 1e-4, "amp": False, "opt": {"name": "adamw"}}
     assert (record["run_id"], record["sweep_id"]) == (run_id, sweep_id)
@@ -289,6 +297,37 @@ def test_cli_agent_with_netrc_login_gives_the_child_no_key_and_its_run_is_still_
     assert record["env"]["WANDB_API_KEY"] is None  # the agent never passes the key on
     assert server.runs[run_id].state == "finished" and len(server.runs[run_id].history) == 2
     assert_clean(server)
+
+
+def test_cli_agent_kills_a_trial_that_outlives_the_kill_delay(wandb_server, tmp_path, monkeypatch):
+    """The stop command is repeated on every heartbeat while the agent still reports the run;
+    once WANDB_AGENT_KILL_DELAY (default 30 s) has passed since the SIGTERM, the agent SIGKILLs."""
+    import subprocess
+
+    from wandb_server import agent_cli
+
+    sweep_id = cli_sweep(wandb_server, tmp_path, monkeypatch, steps=600)
+    monkeypatch.setenv("TRIAL_IGNORE_SIGTERM", "1")
+    monkeypatch.setenv("WANDB_AGENT_KILL_DELAY", "2")
+    run_id = wandb_server.queue_run(sweep_id, {"learning_rate": 1e-3, "amp": True})
+    agent = subprocess.Popen(agent_cli("--count", "1", f"{wandb_server.entity}/proj/{sweep_id}", poll_interval=1),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wandb_server.wait_for(lambda: wandb_server.runs[run_id].history, 60, "the trial's first metrics")
+        wandb_server.stop_run(run_id)
+        output, _ = agent.communicate(timeout=60)
+    finally:
+        agent.kill()
+
+    assert "Kill: " + run_id in output
+    assert not (tmp_path / "out" / f"{run_id}.json").exists()  # killed before it could write anything
+    sent = [c["type"] for c in wandb_server.agents[wandb_server.runs[run_id].agent].sent]
+    assert sent[0] == "run" and sent.count("stop") >= 3
+    # nothing reports the killed trial's end: it stays "running" until W&B's heartbeat timeout
+    assert (wandb_server.runs[run_id].state, wandb_server.runs[run_id].exitcode) == ("running", None)
+    wandb_server.expire_run(run_id)
+    assert wandb_server.runs[run_id].state == "crashed"
+    assert_clean(wandb_server)
 
 
 @pytest.mark.slow

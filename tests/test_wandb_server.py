@@ -58,6 +58,7 @@ def test_mark_preempting_reaches_the_file_stream_and_a_resumed_run_continues(wan
     assert wandb_server.runs["resumable"].state == "preempted"
 
     run = wandb.init(project="proj", id="resumable", resume="must")  # asks RunResumeStatus first
+    assert wandb_server.runs["resumable"].state == "running"
     run.log({"epoch": 1})
     run.finish()
 
@@ -195,6 +196,32 @@ def test_in_process_stop_is_a_bare_exception_injected_into_the_trial_thread(wand
     record = wandb_server.runs[run_id]
     assert (record.state, record.exitcode) == ("failed", 1)
     assert [c["type"] for c in wandb_server.agents[record.agent].sent] == ["run", "stop"]
+    assert_clean(wandb_server)
+
+
+def test_a_requeued_run_comes_back_as_resume_with_the_same_id(wandb_server, monkeypatch):
+    from wandb_server import fast_agents
+
+    fast_agents(monkeypatch)
+    sweep_id = wandb_server.add_sweep(SWEEP, project="proj")
+    run_id = wandb_server.queue_run(sweep_id, {"learning_rate": 1e-3, "amp": False})
+    seen = []
+
+    def trial():
+        run = wandb.init(resume="allow")
+        seen.append((run.id, dict(run.config)))
+        run.log({"best_val_f1": len(seen) / 10})
+        if len(seen) == 1:
+            run.mark_preempting()
+            run.finish(exit_code=143)
+            wandb_server.requeue_run(run.id)
+
+    wandb.agent(sweep_id, function=trial, entity=wandb_server.entity, project="proj", count=2)
+
+    assert seen == [(run_id, {"learning_rate": 1e-3, "amp": False})] * 2
+    record = wandb_server.runs[run_id]
+    assert record.state == "finished" and [row["best_val_f1"] for row in record.history] == [0.1, 0.2]
+    assert [c["type"] for c in wandb_server.agents[record.agent].sent] == ["run", "resume"]
     assert_clean(wandb_server)
 
 

@@ -65,11 +65,11 @@ import base64
 import json
 import logging
 import os
-import sys
 import re
 import secrets
 import string
 import threading
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -368,12 +368,29 @@ class WandbServer:
                                 "program": program or sweep.config.get("program")})
             return run_id
 
+    def requeue_run(self, run_id: str) -> None:
+        """Hand an existing run out again as a `resume` command (W&B does this for preempted runs);
+        both agents treat `resume` like `run`, with the same run id."""
+        with self.lock:
+            run = self.runs[run_id]
+            sweep = self.sweeps[run.sweep]
+            args = {k: v for k, v in run.config.items() if k not in ("_wandb", "wandb_version")}
+            sweep.queue.append({"type": "resume", "run_id": run_id, "args": args,
+                                "program": sweep.config.get("program")})
+
     def stop_run(self, run_id: str) -> None:
-        """The owning agent gets `stop` for this run on its next heartbeat(s)."""
+        """The owning agent gets `stop` for this run on its next heartbeat(s); a run still queued
+        is taken off the queue instead."""
         with self.lock:
             run = self.runs[run_id]
             run.should_stop = True
-            self.sweeps[run.sweep].stops.add(run_id)
+            sweep = self.sweeps[run.sweep]
+            queued = [c for c in sweep.queue if c["run_id"] == run_id]
+            if queued and run.state == "pending":
+                sweep.queue = [c for c in sweep.queue if c["run_id"] != run_id]
+                run.state = "killed"
+            else:
+                sweep.stops.add(run_id)
 
     def set_sweep_state(self, sweep_id: str, state: str) -> None:
         with self.lock:
@@ -437,8 +454,9 @@ class WandbServer:
     def _project_node(self, entity: str | None, project: str | None) -> dict:
         entity = entity or self.entity
         project = project or "uncategorized"
-        return {"id": _b64(f"Project:{entity}/{project}"), "name": project, "internalId": _project_number(entity, project),
-                "readOnly": False, "entity": {"id": _b64(f"Entity:{entity}"), "name": entity}}
+        return {"id": _b64(f"Project:{entity}/{project}"), "name": project,
+                "internalId": _project_number(entity, project), "readOnly": False,
+                "entity": {"id": _b64(f"Entity:{entity}"), "name": entity}}
 
     # ----------------------------------------------------------------- dispatch
 
@@ -500,10 +518,13 @@ class WandbServer:
                 run = RunRecord(id=name, entity=variables.get("entity") or self.entity,
                                 project=variables.get("project") or "uncategorized")
                 self.runs[name] = run
-            if run.state == "pending":
-                run.state = "running"
         else:
             inserted = False
+        if "name" in variables and (run.state == "pending" or run.finished):
+            # wandb-core's upserts (they name the run; Run.update() and the summary write do not):
+            # a process runs it now, for the first time or resumed. They all precede the file
+            # stream's final `complete`, so a finished run is not revived by its own last upsert.
+            run.state, run.exitcode, run.preempting = "running", None, False
         run.upserts += 1
         run.heartbeat_at = _now()
         if variables.get("entity"):

@@ -123,6 +123,12 @@ class WandbStore(RunStore):
     def _sweep(self, sweep_id: str):
         return self.api.sweep(str(self.path(sweep_id)))
 
+    def _sweep_runs(self, sweep) -> list:
+        """The sweep's runs, oldest first: whole runs (config, summary) in pages of 100. ``sweep.runs``
+        pages by 10 and loads each run's config and summary with a request of its own."""
+        return list(self.api.runs(f"{sweep.entity}/{sweep.project}", filters={"sweep": sweep.id},
+                                  order="+created_at", per_page=100, lazy=False))
+
     def get_sweep(self, sweep_id: str) -> Sweep:
         s = self._sweep(sweep_id)
         cfg = dict(s.config)
@@ -136,7 +142,7 @@ class WandbStore(RunStore):
         metric = (cfg.get("metric") or {}).get("name")
         sweep_params = cfg.get("parameters") or {}
         out = []
-        for r in s.runs:
+        for r in self._sweep_runs(s):
             summary = plain(r.summary)
             config = plain(r.config)
             params = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -167,8 +173,7 @@ class WandbStore(RunStore):
 
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
         """``ranks`` by run id; every other run of the sweep loses a rank it held before."""
-        s = self._sweep(sweep_id)
-        for r in s.runs:
+        for r in self._sweep_runs(self._sweep(sweep_id)):
             old = plain(r.summary).get("sweep_rank")
             new = ranks.get(r.id)
             if old == new:

@@ -52,8 +52,9 @@ def local_store(create: bool = False):
         raise click.ClickException(str(exc)) from None
 
 
-def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = None):
-    """(backend, store, key) for a sweep: local when the local store has the id, else W&B.
+def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = None, backend: str | None = None):
+    """(backend, store, key) for a sweep: local when the local store has the id, else W&B
+    (``backend`` forces one).
 
     ``key`` is what the store's methods take: the local id, or the W&B sweep's full
     ``entity/project/id`` (from ``ID``, ``project/ID`` or ``entity/project/ID`` and the options).
@@ -63,7 +64,14 @@ def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = N
 
     root_db = Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep") / "cvsweep.db"
     local_miss = None
-    if root_db.exists() and "/" not in sweep_id and not (project or entity):
+    if backend == "local":
+        store = local_store()
+        try:
+            store.get_sweep(sweep_id)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+        return "local", store, sweep_id
+    if backend is None and root_db.exists() and "/" not in sweep_id and not (project or entity):
         store = SQLiteStore()
         try:
             store.get_sweep(sweep_id)
@@ -196,10 +204,10 @@ def _progress_printer(store, sweep_id: str):
 
 
 def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | None, count: int | None,
-               project: str | None = None, entity: str | None = None) -> int:
+               project: str | None = None, entity: str | None = None, backend: str | None = None) -> int:
     from .launcher import LaunchError, Launcher, build_specs, gpu_count, parse_gpus, plan_groups
 
-    backend, store, key = open_sweep(sweep_id, project, entity)
+    backend, store, key = open_sweep(sweep_id, project, entity, backend)
     try:
         ids = parse_gpus(gpus, gpu_count())
         if not ids and workers is None:
@@ -229,10 +237,15 @@ def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | Non
 @click.option("--workers", type=int, default=None, help="worker processes (default: one per GPU group; "
               "without GPUs, up to 2 CPU workers)")
 @click.option("--count", type=int, default=None, help="trials per worker before it exits")
+@click.option("--backend", type=click.Choice(["local", "wandb"]), default=None,
+              help="default: local when the local store has SWEEP_ID, else W&B")
 @sweep_options
-def agent(sweep_id, gpus, gpus_per_trial, workers, count, project, entity):
-    """Run SWEEP_ID's trials (ID, PROJECT/ID or ENTITY/PROJECT/ID): one worker per GPU group, restarted if it dies."""
-    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity))
+def agent(sweep_id, gpus, gpus_per_trial, workers, count, backend, project, entity):
+    """Run SWEEP_ID's trials (ID, PROJECT/ID or ENTITY/PROJECT/ID): one worker per GPU group, restarted if it dies.
+
+    SIGTERM/SIGINT preempt the running trials (checkpointed; marked preempting on W&B, which
+    requeues them) and the command exits 143."""
+    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity, backend))
 
 
 @cli.command()

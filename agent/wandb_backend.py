@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
@@ -317,7 +318,7 @@ class WandbWorker:
             if self.current is not None:
                 self.current.set("preempted", reason)
 
-    def _run_training(self, stop, box: dict) -> None:
+    def _run_training(self, stop, box: dict, done: threading.Event) -> None:
         from cvtrain.cli import ParsedArgs, build_config
 
         try:
@@ -333,10 +334,18 @@ class WandbWorker:
         except BaseException as exc:  # noqa: BLE001 - handed to the agent's thread, which re-raises it
             box["error"] = exc
             _record_failure_if_no_run(exc)
+        finally:
+            done.set()
 
     def trial(self) -> None:
-        """The function ``wandb.agent`` calls; keep it small: wandb's exception may land on any line."""
-        stop = box = worker = None
+        """The function ``wandb.agent`` calls; keep it small: wandb's exception may land on any line.
+
+        It waits on an Event, never in ``Thread.join``: on Python < 3.13 an exception raised inside
+        ``join`` marks the joined thread stopped while it still runs (bpo-45274's cleanup), and
+        wandb would then finish the run under the training's feet.
+        """
+        stop = box = t = None
+        done = threading.Event()
         self._agent_thread = threading.current_thread()
         try:
             stop, box = self._StopRequest(), {}
@@ -344,15 +353,21 @@ class WandbWorker:
                 self.current = stop
                 if self.preempted:
                     stop.set("preempted", self.preempted)
-            worker = threading.Thread(target=self._run_training, args=(stop, box), name="cvsweep-trial")
-            worker.start()
+            t = threading.Thread(target=self._run_training, args=(stop, box, done), name="cvsweep-trial",
+                                 daemon=True)
+            t.start()
         except Exception:  # noqa: BLE001 - wandb's stop arrived before training began
             if stop is not None:
                 stop.set("stopped", "the W&B sweep stopped this run before it began")
-        while worker is not None:
+            deadline = time.monotonic() + 5  # it may have landed inside start(): is the thread running?
+            while t is not None and not (t.is_alive() or done.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if t is None or not (t.is_alive() or done.is_set()):
+                return
+        while box is not None:
             try:
-                while worker.is_alive():
-                    worker.join(self.poll)
+                while not done.wait(self.poll):
+                    pass
                 break
             except Exception:  # noqa: BLE001 - wandb.agent's stop (hyperband, stop, cancel) lands here
                 stop.set("stopped", "the W&B sweep stopped this run")

@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .config import (Config, ConfigError, close_matches, env_layer, file_layer, known_param_paths,
-                     mapping_layer, merged_env, resolve, sweep_layer)
+from .config import (RUN_FACT_KEYS, Config, ConfigError, close_matches, env_layer, file_layer,
+                     known_param_paths, mapping_layer, merged_env, resolve, sweep_layer)
 
 CLI_ONLY = ("config", "resume", "env_file")
 PREDICT_OPTIONS = ("checkpoint", "data_dir", "output", "test_dir", "sample_submission", "tta", "batch_size",
@@ -39,6 +39,7 @@ class ParsedArgs:
 
 def parse_argv(argv: list[str], known: list[str] | None = None, cli_only=CLI_ONLY) -> ParsedArgs:
     """Parse ``--key=value`` / ``--key value`` / ``--flag`` arguments; unknown keys are an error."""
+    facts_ok = known is None
     known = known_param_paths() if known is None else known
     out = ParsedArgs()
     problems = []
@@ -59,7 +60,9 @@ def parse_argv(argv: list[str], known: list[str] | None = None, cli_only=CLI_ONL
                 value = "True"  # a bare flag
         i += 1
         head = key.split(".")[0]
-        if key in cli_only:
+        if key in RUN_FACT_KEYS and facts_ok:
+            pass  # the run's own logged facts, handed back by a W&B resume: not settings
+        elif key in cli_only:
             if key == "resume" and value == "True":
                 value = "auto"
             setattr(out, key, value)

@@ -351,6 +351,12 @@ def file_layer(path: str | os.PathLike) -> dict[str, tuple[Any, str]]:
     return {k: (v, f"file {p}") for k, v in flat.items()}
 
 
+#: Facts the trainer logs in a run's config beside its settings (engine's run extras). A W&B sweep
+#: that requeues a preempted run may hand the run's whole config back as its parameters: these
+#: are read back as what they are, facts, and ignored.
+RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val"})
+
+
 def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, str]]:
     """Sweep parameters from the YAML file ``wandb agent`` writes ({name: {value: v}})."""
     if not param_path or not Path(param_path).is_file():
@@ -358,7 +364,7 @@ def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, st
     data = yaml.safe_load(Path(param_path).read_text()) or {}
     out = {}
     for k, v in data.items():
-        if k.startswith("_") or k == "wandb_version":
+        if k.startswith("_") or k == "wandb_version" or k in RUN_FACT_KEYS:
             continue
         out[k] = (v["value"] if isinstance(v, dict) and "value" in v else v, "sweep")
     return out

@@ -64,6 +64,57 @@ def test_sync_without_credentials_says_what_to_do(monkeypatch, tmp_path):
     assert "wandb login" in res.output
 
 
+@pytest.mark.parametrize("when", ["while training", "before training began"])
+def test_wandbs_injected_exception_becomes_a_stop_and_never_reaches_training(when):
+    """wandb.agent stops a trial with pyagent's own _terminate_thread (PyThreadState_SetAsyncExc of a
+    bare Exception on the trial function's thread). Training runs elsewhere and sees only a stop."""
+    import threading
+
+    from wandb.agents.pyagent import _terminate_thread
+
+    from agent.wandb_backend import WandbWorker
+
+    seen = {"exceptions": [], "kind": None}
+    training = threading.Event()
+
+    def train(cfg, resume=None, stop_event=None):
+        training.set()
+        try:
+            while not stop_event.is_set():
+                sum(range(1000))  # pure-Python work: an async exception aimed here would land here
+            seen["kind"] = stop_event.kind
+        except BaseException as exc:  # noqa: BLE001 - what this test is about
+            seen["exceptions"].append(exc)
+            raise
+        return "result"
+
+    worker = WandbWorker(train_fn=train, environ={"CVTRAIN_MODEL_NAME": "test_resnet"}, poll=0.01)
+    if when == "before training began":
+        worker._StopRequest = _slow_stop_request(worker._StopRequest)
+    agent_thread = threading.Thread(target=worker.trial)
+    agent_thread.start()
+    if when == "while training":
+        assert training.wait(30)
+    _terminate_thread(agent_thread)
+    agent_thread.join(30)
+    assert not agent_thread.is_alive() and seen["exceptions"] == []
+    if when == "while training":
+        assert seen["kind"] == "stopped" and worker.results == ["result"]
+    else:
+        assert seen["kind"] in ("stopped", None)  # stopped at once, or never began
+
+
+def _slow_stop_request(cls):
+    """A StopRequest whose construction takes a while: the injected exception lands before training."""
+    import time
+
+    class Slow(cls):
+        def __init__(self):
+            time.sleep(0.5)
+            super().__init__()
+    return Slow
+
+
 live = pytest.mark.skipif(not os.environ.get("WANDB_API_KEY") or not os.environ.get("CVSWEEP_LIVE_TESTS"),
                           reason="live W&B tests need WANDB_API_KEY and CVSWEEP_LIVE_TESTS=1 (and a network)")
 

@@ -99,15 +99,18 @@ def nvml_gpus(nvml) -> list[Gpu]:
     return out
 
 
-def _match(token: str, whole: list[Gpu], gpus: list[Gpu]) -> Gpu | None:
-    if token.isdigit():  # CUDA's index: with CUDA_DEVICE_ORDER=PCI_BUS_ID, the n-th GPU it can open
-        n = int(token)
-        return whole[n] if n < len(whole) else None
-    exact = [g for g in gpus if g.uuid == token]
-    if exact:
-        return exact[0]
-    prefixed = [g for g in gpus if token[:4] in ("GPU-", "MIG-") and len(token) > 4 and g.uuid.startswith(token)]
-    return prefixed[0] if len(prefixed) == 1 else None  # CUDA takes a unique UUID prefix too
+def _leading_int(token: str) -> int:
+    """CUDA reads an index like strtoul: ``1gpu2`` is 1; no leading digit, or a sign, ends the list."""
+    digits = len(token) - len(token.lstrip("0123456789"))
+    return int(token[:digits]) if digits else -1
+
+
+def _by_uuid(token: str, kind: str, gpus: list[Gpu]) -> Gpu | None:
+    """The device whose UUID ``token`` is, or uniquely begins (CUDA takes a unique prefix)."""
+    if not token.startswith(kind):
+        return None
+    found = [g for g in gpus if g.uuid.startswith(token) and g.mig_instance == (kind == "MIG-")]
+    return found[0] if len(found) == 1 else None
 
 
 def visible_gpus(cuda_visible_devices: str | None, gpus: list[Gpu]) -> Visible:
@@ -118,7 +121,9 @@ def visible_gpus(cuda_visible_devices: str | None, gpus: list[Gpu]) -> Visible:
     (from :func:`nvml_gpus`) in PCI bus order, as CUDA does with
     ``CUDA_DEVICE_ORDER=PCI_BUS_ID``. Each returned device's ``token`` keeps the form it
     was given in (UUIDs stay UUIDs); unset, tokens are indices (MIG instances: UUIDs).
-    Like CUDA, parsing stops at the first entry that names no device (``-1`` hides all).
+    Parsed as CUDA does (and torch's ``_parse_visible_devices`` models): the first entry
+    sets the form, the first entry that names no device ends the list (``-1`` hides
+    every GPU), and a device named twice leaves none.
     """
     whole = [g for g in gpus if not g.mig_instance]
     if cuda_visible_devices is None:
@@ -126,11 +131,18 @@ def visible_gpus(cuda_visible_devices: str | None, gpus: list[Gpu]) -> Visible:
         return Visible([replace(g, token=g.uuid if g.mig_instance else str(pos[g.uuid]))
                         for g in gpus if not g.mig_enabled], [])
     tokens = [t.strip() for t in cuda_visible_devices.split(",")] if cuda_visible_devices.strip() else []
+    kind = next((k for k in ("GPU-", "MIG-") if tokens and tokens[0].startswith(k)), None)
     out: list[Gpu] = []
     for n, tok in enumerate(tokens):
-        g = _match(tok, whole, gpus)
-        if g is None or any(o.uuid == g.uuid for o in out):
+        if kind:
+            g = _by_uuid(tok, kind, gpus)
+        else:
+            i = _leading_int(tok)
+            g = whole[i] if 0 <= i < len(whole) else None
+        if g is None:
             return Visible(out, tokens[n:])
+        if any(o.uuid == g.uuid for o in out):
+            return Visible([], tokens)
         out.append(replace(g, token=tok))
     return Visible(out, [])
 

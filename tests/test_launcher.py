@@ -72,9 +72,13 @@ def test_empty_cuda_visible_devices_means_no_gpu(server):
 
 
 def test_like_cuda_an_entry_that_names_no_gpu_hides_it_and_all_after_it(server):
-    visible = visible_gpus("1,GPU-deadbeef,2", nvml_view())
-    assert [g.index for g in visible.gpus] == [1] and visible.ignored == ["GPU-deadbeef", "2"]
+    visible = visible_gpus(f"{uuid(1)},GPU-deadbeef,{uuid(2)}", nvml_view())
+    assert [g.index for g in visible.gpus] == [1] and visible.ignored == ["GPU-deadbeef", uuid(2)]
     assert [g.index for g in visible_gpus("0,-1,3", nvml_view()).gpus] == [0]
+    assert [g.index for g in visible_gpus("4,9,5", nvml_view()).gpus] == [4]  # there is no GPU 9
+    assert [g.index for g in visible_gpus(f"2,{uuid(3)}", nvml_view()).gpus] == [2]  # the first entry sets the form
+    assert visible_gpus("1,3,1", nvml_view()) == Visible([], ["1", "3", "1"])  # named twice: CUDA shows none
+    assert [g.token for g in visible_gpus("1gpu2, 3", nvml_view()).gpus] == ["1gpu2", "3"]  # read like strtoul
 
 
 def test_gpus_a_cgroup_keeps_from_the_job_are_skipped_and_indices_count_the_rest(monkeypatch):
@@ -203,6 +207,14 @@ def test_dry_run_on_an_8_gpu_server_under_slurm(tmp_path, monkeypatch, server):
     assert "from CUDA_VISIBLE_DEVICES='2,5,7' (inherited): 0 = GPU 2" in res.stderr
     bad = run(cli, ["agent", sid, "--gpus", "3", "--dry-run"])
     assert bad.exit_code == 2 and "GPU(s) [3] not visible" in bad.stderr
+
+
+def test_a_loader_worker_count_in_dot_env_beats_the_sizing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVSWEEP_DIR", str(tmp_path / "state"))
+    (tmp_path / ".env").write_text("CVTRAIN_NUM_WORKERS=3\n")  # tmp_path is the working directory
+    sid = CliRunner().invoke(cli, ["create", str(ROOT / "sweeps" / "demo.yaml"), "--backend", "local"]).stdout.split()[-1]
+    res = CliRunner().invoke(cli, ["agent", sid, "--gpus", "none", "--dry-run"])
+    assert res.exit_code == 0 and "3 loader workers" in res.stdout, res.output
 
 
 def test_launcher_restarts_a_worker_that_dies(tmp_path):

@@ -164,6 +164,10 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
 """
 
 
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _signed(x: float) -> str:
     return "" if math.isnan(x) else f"{x:+.3f}"
 
@@ -282,11 +286,21 @@ def build_html(data: ReportData, top: int = 20) -> str:
                     "confusion")
     if "per_class" in data.best_files:
         pc = data.best_files["per_class"]
-        page.figure(go.Figure(go.Bar(x=[r["class"] for r in pc], y=[r["f1"] for r in pc],
-                                     customdata=[[r["precision"], r["recall"], r["support"]] for r in pc],
-                                     hovertemplate="%{x}<br>F1 %{y:.3f}<br>precision %{customdata[0]:.3f}<br>"
-                                                   "recall %{customdata[1]:.3f}<br>support %{customdata[2]}<extra></extra>"))
+        # Classes absent from the validation labels and predictions do not count in macro-F1: drawn grey at 0.
+        scored = [r.get("in_macro_f1", True) for r in pc]
+        page.figure(go.Figure(go.Bar(x=[r["class"] for r in pc], y=[r["f1"] or 0.0 for r in pc],
+                                     marker_color=["#1f77b4" if ok else "#cccccc" for ok in scored],
+                                     customdata=[[_num(r["precision"]), _num(r["recall"]), r["support"],
+                                                  "" if ok else " (absent: not in macro-F1)"]
+                                                 for r, ok in zip(pc, scored)],
+                                     hovertemplate="%{x}%{customdata[3]}<br>F1 %{y:.3f}<br>precision %{customdata[0]}"
+                                                   "<br>recall %{customdata[1]}<br>support %{customdata[2]}"
+                                                   "<extra></extra>"))
                     .update_layout(yaxis_range=[0, 1], yaxis_title="F1", height=420), "per-class-f1")
+        absent = [r["class"] for r, ok in zip(pc, scored) if not ok]
+        if absent:
+            page.note(f"{len(absent)} class(es) absent from this trial's validation labels and predictions, "
+                      f"not counted in its macro-F1 (as the competition scores it): {', '.join(absent)}.")
     if not data.best_files:
         page.note("The best trial's confusion matrix files (confusion_matrix.json, per_class.json) are not on this "
                   "machine." if rows else "No best trial yet.")

@@ -62,7 +62,8 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: threa
         cfg = trial_config(trial, trial.sweep_id)
         result = train(cfg, reporter=lambda epoch, m: ctl.report(trial.id, epoch, m, worker),
                        resume="auto", stop_event=stop_event, wandb_dir=trial.wandb_dir)
-        ctl.finish(trial.id, result.state, result.summary)
+        if result.state != "lost":  # a lost trial is another worker's now: its ending is theirs to record
+            ctl.finish(trial.id, result.state, result.summary)
         return result.state
     except ConfigError as exc:
         ctl.finish(trial.id, "failed", error=f"ConfigError: {exc}")

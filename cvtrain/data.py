@@ -46,6 +46,11 @@ class DatasetIndex:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def absent_classes(self) -> list[str]:
+        """Listed classes (meta.csv) with no image in the data: a model cannot learn them."""
+        present = set(self.labels)
+        return [c for i, c in enumerate(self.class_names) if i not in present]
+
 
 # ---------------------------------------------------------------------------
 # Discovering the data

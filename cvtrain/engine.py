@@ -1,11 +1,13 @@
 """The training loop: ``train(config, reporter) -> TrainResult``.
 
-The trainer knows nothing about sweeps. A reporter, when given, is called
-after every epoch with that epoch's metrics and may answer ``"stop"``: the run
-then ends early, cleanly, marked finished, with its best checkpoint. A
-``stop_event`` set from outside (a signal handler, say) ends the run at the
-next batch as ``preempted``; ``last.pt`` of the last whole epoch is what
-``--resume`` continues from.
+The trainer knows nothing about sweeps. ``train`` reads as its recipe: set up
+(device, data, model, optimisation, resume), start the W&B run, fit epoch by
+epoch, end (final reports, artifacts, summary). A reporter, when given, is
+called after every epoch with that epoch's metrics and may answer ``"stop"``
+(the sweep ends the run early: finished, with its real metric and its best
+checkpoint), ``"preempt"`` or ``"lost"``. A :class:`~cvtrain.stop.StopRequest`
+set from another thread or a signal handler ends the run at the next batch the
+same ways; ``last.pt`` of the last whole epoch is what ``--resume`` continues from.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from .config import Config, ConfigError, validate_config
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
 from .model import build_model, model_stats
 from .system import SystemMonitor, environment_info
+from .stop import StopRequest
 from .tracking import create_run_name, finish_run, in_wandb_sweep, init_wandb, save_model_artifact
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    state: str                      # finished | stopped | preempted | failed
+    state: str                      # finished | stopped | preempted | failed | lost
     summary: dict
     output_dir: Path
     best_checkpoint: Optional[Path]
@@ -242,7 +245,7 @@ def evaluate(model, loader, normalize, num_classes: int, autocast=contextlib.nul
         labels.append(y.cpu())
     y_true = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=int)
     y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
-    m = epoch_metrics(y_true, y_pred, num_classes)
+    m = epoch_metrics(y_true, y_pred)
     return {"val_loss": total / max(n, 1), "val_acc": m["acc"], "val_f1": m["f1"]}, y_true, y_pred
 
 
@@ -256,31 +259,84 @@ def resolve_output_dir(cfg: Config, environ=os.environ) -> Path:
     return Path(cfg.paths.output_root) / (cfg.wandb.run_name or create_run_name(cfg))
 
 
+@dataclass
+class Session:
+    """Everything one run holds while it trains; built once by :func:`_setup`."""
+    cfg: Config
+    device: torch.device
+    out_dir: Path
+    ckpt_dir: Path
+    data: DataBundle
+    model: nn.Module
+    num_classes: int
+    stats: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    mixup: object
+    loss_fn: nn.Module
+    autocast: Callable
+    scaler: object
+    normalize: Normalizer
+    state: ckpt.TrainState
+    resumed_from: Optional[Path]
+    run: object = None
+    monitor: Optional[SystemMonitor] = None
+
+    @property
+    def log_fn(self):
+        return None if self.run is None or self.run.disabled else self.run.log
+
+
+@dataclass
+class Outcome:
+    state: str = "finished"          # finished | stopped | preempted | lost
+    reason: Optional[str] = None
+
+
 def train(config: Config, reporter: Reporter | None = None, *, resume: str | None = None,
-          stop_event: threading.Event | None = None, wandb_dir: str | None = None) -> TrainResult:
+          stop_event: StopRequest | threading.Event | None = None, wandb_dir: str | None = None) -> TrainResult:
     """Train one model as ``config`` says, logging everything to W&B.
 
     ``resume``: a checkpoint path, or ``"auto"`` for ``<checkpoint_dir>/last.pt`` when it exists.
+    ``reporter(epoch, metrics)`` may answer ``"stop"``, ``"preempt"`` or ``"lost"``; ``stop_event``
+    (a :class:`~cvtrain.stop.StopRequest`, or a plain Event meaning preempted) ends the run at the
+    next batch.
     """
     problems = validate_config(config)
     if problems:
         raise ConfigError(problems)
-    cfg = config
+    s = _setup(config, resume)
+    s.run = init_wandb(s.cfg, _run_extra(s), resume=s.resumed_from is not None, wandb_dir=wandb_dir)
+    (s.out_dir / "config.yaml").write_text(yaml.safe_dump(s.cfg.to_flat_dict(), sort_keys=True))
+    s.monitor = SystemMonitor(s.cfg.logging.system_interval, sink=s.log_fn).start()
+    try:
+        outcome = _fit(s, reporter, stop_event)
+    except BaseException as exc:
+        _end_failed(s, exc)
+        raise
+    return _end(s, outcome)
+
+
+def _setup(cfg: Config, resume: str | None) -> Session:
+    """Device, output directories, data, model, optimisation and the state to start from."""
     e = cfg.experiment
     seed_everything(e.seed)
     device = select_device(e.device)
     out_dir = resolve_output_dir(cfg)
     ckpt_dir = Path(cfg.paths.checkpoint_dir) if cfg.paths.checkpoint_dir else out_dir / "checkpoints"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     if e.amp and device.type != "cuda":
         log.info("amp=True has no effect on %s; training in float32", device)
-
     data = build_data(cfg, device)
     num_classes = e.num_classes or data.index.num_classes
     if num_classes < data.index.num_classes:
         raise ConfigError([f"num_classes={num_classes} (from {cfg.sources.get('num_classes')}): the data has "
                            f"{data.index.num_classes} classes"])
+    absent = data.index.absent_classes()
+    if absent:
+        log.warning("the training data has no image of %d class(es) that %s lists: %s; the model cannot learn them",
+                    len(absent), cfg.data.meta_csv, ", ".join(absent))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(e, num_classes).to(device)
     channels_last = e.channels_last and device.type == "cuda"
     if channels_last:
@@ -288,95 +344,137 @@ def train(config: Config, reporter: Reporter | None = None, *, resume: str | Non
     stats = model_stats(model, e, device)
     optimizer, scheduler, mixup, loss_fn = build_optimization(cfg, model, num_classes)
     autocast, scaler = amp_context(cfg, device)
-    normalize = Normalizer(device, channels_last)
-
-    state = ckpt.TrainState()
-    resume_path = ckpt.find_resume(resume, ckpt_dir)
+    state, resume_path = ckpt.TrainState(), ckpt.find_resume(resume, ckpt_dir)
     if resume_path is not None:
         state = ckpt.load(resume_path, model, optimizer, scheduler, scaler, device)
         log.info("resuming from %s after epoch %d", resume_path, state.epoch)
+    return Session(cfg, device, out_dir, ckpt_dir, data, model, num_classes, stats, optimizer, scheduler, mixup,
+                   loss_fn, autocast, scaler, Normalizer(device, channels_last), state, resume_path)
 
-    extra = {"env": environment_info(), "model": stats, "num_classes": num_classes,
-             "class_names": data.index.class_names, "n_train": len(data.train_ds), "n_val": len(data.val_ds),
-             "output_dir": str(out_dir)}
-    run = init_wandb(cfg, extra, resume=resume_path is not None, wandb_dir=wandb_dir)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat_dict(), sort_keys=True))
 
-    run_log = (lambda d: run.log(d)) if not run.disabled else None
-    monitor = SystemMonitor(cfg.logging.system_interval, sink=run_log).start()
-    result_state, reason, exit_code = "finished", None, 0
-    summary: dict = {}
-    try:
-        for epoch in range(state.epoch + 1, e.epochs + 1):
-            t0 = time.perf_counter()
-            es = epoch_seed(e.seed, epoch)
-            seed_everything(es)
-            data.generator.manual_seed(es)
-            data.train_ds.set_epoch(epoch)
-            train_m, state.global_step, interrupted = train_one_epoch(
-                model, data.train_loader, optimizer, loss_fn, normalize, epoch=epoch, global_step=state.global_step,
-                mixup=mixup, autocast=autocast, scaler=scaler, grad_clip=e.grad_clip,
-                log_interval=cfg.logging.log_interval, log_fn=run_log, stop_event=stop_event,
-                progress=cfg.logging.progress)
-            if interrupted:
-                result_state, reason = "preempted", "stop requested during epoch %d" % epoch
-                break
-            val_m, y_true, y_pred = evaluate(model, data.val_loader, normalize, num_classes, autocast)
-            lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
-                scheduler.step(epoch)
-            improved = val_m["val_f1"] > state.best_val_f1
-            if improved:
-                state.best_val_f1, state.best_epoch = val_m["val_f1"], epoch
-                state.best_preds = (y_true.tolist(), y_pred.tolist())
-            metrics = {"epoch": epoch, **train_m, **val_m, "lr": lr, "epoch_time": time.perf_counter() - t0,
-                       "best_val_f1": state.best_val_f1}
-            state.epoch = epoch
-            state.history.append(metrics)
-            ckpt.save_epoch(ckpt_dir, improved, cfg.paths.save_last, model, optimizer, scheduler, scaler, state, cfg,
-                            data.index.class_names)
-            if run_log:
-                run_log(metrics)
-            log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  (%.1fs)", epoch,
-                     e.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_acc"], metrics["val_f1"],
-                     metrics["epoch_time"])
-            answer = reporter(epoch, dict(metrics)) if reporter is not None else None
-            if epoch < e.epochs:
-                if answer == "stop":
-                    result_state, reason = "stopped", f"stopped by the controller after epoch {epoch}"
-                    break
-                if answer == "preempt" or (stop_event is not None and stop_event.is_set()):
-                    result_state, reason = "preempted", f"preempted after epoch {epoch}"
-                    break
-    except BaseException as exc:
-        result_state, exit_code = "failed", 1
-        reason = f"{type(exc).__name__}: {exc}"
-        summary = _summary(state, stats, result_state, reason, monitor.stop())
-        _write_json(out_dir / "summary.json", summary)
-        finish_run(run, exit_code)
-        raise
+def _run_extra(s: Session) -> dict:
+    """What the run config carries beyond the settings: environment, model and data facts."""
+    return {"env": environment_info(), "model": s.stats, "num_classes": s.num_classes,
+            "class_names": s.data.index.class_names, "absent_classes": s.data.index.absent_classes(),
+            "n_train": len(s.data.train_ds), "n_val": len(s.data.val_ds), "output_dir": str(s.out_dir)}
 
-    summary = _summary(state, stats, result_state, reason, monitor.stop())
-    best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else None
-    if state.best_preds is not None:
-        _final_reports(run, out_dir, state, data.index.class_names, num_classes)
-    if cfg.wandb.log_artifacts and best_path is not None:
-        meta = {"val_f1": state.best_val_f1, "epoch": state.best_epoch, "params": stats["params_total"],
-                "flops": stats["flops"], "model_name": e.model_name, "img_size": e.img_size}
-        save_model_artifact(run, best_path, aliases=["best", f"epoch-{state.best_epoch}"], metadata=meta)
-        if (ckpt_dir / "last.pt").exists() and state.epoch != state.best_epoch:
-            save_model_artifact(run, ckpt_dir / "last.pt", aliases=["latest", f"epoch-{state.epoch}"],
-                                metadata={**meta, "epoch": state.epoch})
-    if run is not None and not run.disabled:
-        for k, v in summary.items():
-            if k != "state" and isinstance(v, (int, float)):
-                run.summary[k] = v
-        run.summary["state"] = result_state
-    _write_json(out_dir / "summary.json", summary)
-    run_id = None if run is None or run.disabled else run.id
-    # A stopped (early-terminated) or preempted run ends cleanly: exit code 0.
-    finish_run(run, 0)
-    return TrainResult(result_state, summary, out_dir, best_path, run_id, reason, list(state.history))
+
+def _fit(s: Session, reporter: Reporter | None, stop_event) -> Outcome:
+    """Epochs from the resumed one to the last, unless the reporter or ``stop_event`` ends them."""
+    e = s.cfg.experiment
+    for epoch in range(s.state.epoch + 1, e.epochs + 1):
+        metrics = _run_epoch(s, epoch, stop_event)
+        if metrics is None:
+            return _requested(stop_event, f"during epoch {epoch}")
+        answer = reporter(epoch, dict(metrics)) if reporter is not None else None
+        if answer == "lost":
+            return Outcome("lost", f"this worker lost the trial after epoch {epoch}")
+        if epoch == e.epochs:
+            break
+        if answer == "stop":
+            return Outcome("stopped", f"stopped by the controller after epoch {epoch}")
+        if answer == "preempt":
+            return Outcome("preempted", f"preempted after epoch {epoch}")
+        if stop_event is not None and stop_event.is_set():
+            return _requested(stop_event, f"after epoch {epoch}")
+    return Outcome()
+
+
+def _requested(stop_event, when: str) -> Outcome:
+    kind = getattr(stop_event, "kind", None) or "preempted"
+    reason = getattr(stop_event, "reason", None)
+    return Outcome(kind, f"{kind} {when}" + (f": {reason}" if reason else ""))
+
+
+def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
+    """Train, evaluate, checkpoint and log one epoch; None when a stop request cut it short."""
+    e, st = s.cfg.experiment, s.state
+    t0 = time.perf_counter()
+    es = epoch_seed(e.seed, epoch)
+    seed_everything(es)
+    s.data.generator.manual_seed(es)
+    s.data.train_ds.set_epoch(epoch)
+    train_m, st.global_step, interrupted = train_one_epoch(
+        s.model, s.data.train_loader, s.optimizer, s.loss_fn, s.normalize, epoch=epoch, global_step=st.global_step,
+        mixup=s.mixup, autocast=s.autocast, scaler=s.scaler, grad_clip=e.grad_clip,
+        log_interval=s.cfg.logging.log_interval, log_fn=s.log_fn, stop_event=stop_event,
+        progress=s.cfg.logging.progress)
+    if interrupted:
+        return None
+    val_m, y_true, y_pred = evaluate(s.model, s.data.val_loader, s.normalize, s.num_classes, s.autocast)
+    lr = s.optimizer.param_groups[0]["lr"]
+    if s.scheduler is not None:
+        s.scheduler.step(epoch)
+    improved = val_m["val_f1"] > st.best_val_f1
+    if improved:
+        st.best_val_f1, st.best_epoch = val_m["val_f1"], epoch
+        st.best_preds = (y_true.tolist(), y_pred.tolist())
+    metrics = {"epoch": epoch, **train_m, **val_m, "lr": lr, "epoch_time": time.perf_counter() - t0,
+               "best_val_f1": st.best_val_f1}
+    st.epoch = epoch
+    st.history.append(metrics)
+    ckpt.save_epoch(s.ckpt_dir, improved, s.cfg.paths.save_last, s.model, s.optimizer, s.scheduler, s.scaler, st,
+                    s.cfg, s.data.index.class_names)
+    if s.log_fn is not None:
+        s.log_fn(metrics)
+    log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  (%.1fs)", epoch, e.epochs,
+             metrics["train_loss"], metrics["val_loss"], metrics["val_acc"], metrics["val_f1"], metrics["epoch_time"])
+    return metrics
+
+
+def _end_failed(s: Session, exc: BaseException) -> None:
+    """The run's own error: summary.json and the W&B run say failed, with the reason."""
+    reason = f"{type(exc).__name__}: {exc}"
+    summary = _summary(s.state, s.stats, "failed", reason, s.monitor.stop())
+    _write_json(s.out_dir / "summary.json", summary)
+    _summary_to_run(s.run, summary)
+    finish_run(s.run, 1)
+
+
+def _end(s: Session, outcome: Outcome) -> TrainResult:
+    """Final reports, artifacts, summary: a finished, stopped or preempted run ends cleanly (exit code 0)."""
+    summary = _summary(s.state, s.stats, outcome.state, outcome.reason, s.monitor.stop())
+    if outcome.state == "lost":
+        # Another worker owns the trial now: leave its outputs alone.
+        finish_run(s.run, 0)
+        return TrainResult("lost", summary, s.out_dir, None, _run_id(s.run), outcome.reason, list(s.state.history))
+    best_path = s.ckpt_dir / "best.pt" if (s.ckpt_dir / "best.pt").exists() else None
+    if s.state.best_preds is not None:
+        _final_reports(s.run, s.out_dir, s.state, s.data.index.class_names, s.num_classes)
+    if s.cfg.wandb.log_artifacts and best_path is not None:
+        _log_checkpoints(s, best_path)
+    _summary_to_run(s.run, summary)
+    _write_json(s.out_dir / "summary.json", summary)
+    finish_run(s.run, 0)
+    return TrainResult(outcome.state, summary, s.out_dir, best_path, _run_id(s.run), outcome.reason,
+                       list(s.state.history))
+
+
+def _log_checkpoints(s: Session, best_path: Path) -> None:
+    e, st = s.cfg.experiment, s.state
+    meta = {"val_f1": st.best_val_f1, "epoch": st.best_epoch, "params": s.stats["params_total"],
+            "flops": s.stats["flops"], "model_name": e.model_name, "img_size": e.img_size}
+    save_model_artifact(s.run, best_path, aliases=["best", f"epoch-{st.best_epoch}"], metadata=meta)
+    last = s.ckpt_dir / "last.pt"
+    if last.exists() and st.epoch != st.best_epoch:
+        save_model_artifact(s.run, last, aliases=["latest", f"epoch-{st.epoch}"], metadata={**meta, "epoch": st.epoch})
+
+
+def _summary_to_run(run, summary: dict) -> None:
+    """Numbers, the state and its reason into the W&B summary (the reason is how a failure reads there)."""
+    if run is None or run.disabled:
+        return
+    for k, v in summary.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "state":
+            run.summary[k] = v
+    run.summary["state"] = summary["state"]
+    run.summary["stopped"] = summary["state"] == "stopped"
+    if summary.get("reason"):
+        run.summary["reason"] = summary["reason"]
+
+
+def _run_id(run) -> str | None:
+    return None if run is None or run.disabled else run.id
 
 
 def _summary(state: ckpt.TrainState, stats: dict, result_state: str, reason, sys_peaks: dict) -> dict:
@@ -392,6 +490,7 @@ def _summary(state: ckpt.TrainState, stats: dict, result_state: str, reason, sys
         "flops": stats["flops"],
         "model_name": stats["model_name"],
         "state": result_state,
+        "stopped": result_state == "stopped",
         "reason": reason,
         **sys_peaks,
     })

@@ -1,23 +1,57 @@
-"""Classification metrics (scikit-learn)."""
+"""Classification metrics, scored as the competition scores them.
+
+Macro-F1 is scikit-learn's ``f1_score(y_true, y_pred, average="macro")``: the
+mean F1 over the classes present in the truth or the predictions. A class that
+``meta.csv`` lists but that appears in neither adds nothing (listing every
+class would count it as F1 0 and understate any split that lacks a class).
+"""
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 
-def epoch_metrics(y_true, y_pred, num_classes: int) -> dict:
-    labels = list(range(num_classes))
-    return {
-        "acc": float(accuracy_score(y_true, y_pred)),
-        "f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-    }
+def macro_f1(y_true, y_pred) -> float:
+    """The competition's macro-F1: over the labels in truth or prediction (0.0 for no samples)."""
+    if len(y_true) == 0:
+        return 0.0
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
+def macro_f1_from_confusion(cm) -> float:
+    """Macro-F1 of a confusion matrix (rows true, columns predicted) over the classes it scores."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    true_n, pred_n = cm.sum(axis=1), cm.sum(axis=0)
+    scored = (true_n + pred_n) > 0
+    if not scored.any():
+        return 0.0
+    f1 = 2 * tp[scored] / (true_n[scored] + pred_n[scored])
+    return float(f1.mean())
+
+
+def epoch_metrics(y_true, y_pred) -> dict:
+    return {"acc": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0, "f1": macro_f1(y_true, y_pred)}
 
 
 def per_class_report(y_true, y_pred, class_names: list[str]) -> list[dict]:
+    """One row per listed class, absent ones included: ``in_macro_f1`` says whether it was scored.
+
+    A class with support 0 that was never predicted is absent from this split: its F1 is
+    reported as None, not 0, and it does not count in macro-F1.
+    """
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-            for i, c in enumerate(class_names)]
+    predicted = np.bincount(np.asarray(y_pred, dtype=np.int64), minlength=len(labels))[:len(labels)]
+    rows = []
+    for i, c in enumerate(class_names):
+        scored = bool(s[i] > 0 or predicted[i] > 0)
+        rows.append({"class": c, "precision": float(p[i]) if scored else None,
+                     "recall": float(r[i]) if scored else None, "f1": float(f[i]) if scored else None,
+                     "support": int(s[i]), "predicted": int(predicted[i]), "in_macro_f1": scored,
+                     "note": "" if s[i] > 0 else ("predicted, absent from the labels" if scored
+                                                  else "absent from the labels and predictions")})
+    return rows
 
 
 def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:

@@ -67,6 +67,18 @@ def test_report_from_a_real_local_sweep_has_every_section(local_sweep, tmp_path)
     assert "Parameter importance needs at least 5 finished" in page or 'id="importance"' in page
 
 
+def test_report_marks_classes_absent_from_the_best_trials_validation(local_sweep, tmp_path):
+    """Absent classes (support 0, never predicted) are drawn apart and named: they are not in macro-F1."""
+    root, sid = local_sweep
+    data = collect(SQLiteStore(root), sid)
+    pc = [dict(r) for r in data.best_files["per_class"]]
+    pc[4].update(f1=None, precision=None, recall=None, support=0, predicted=0, in_macro_f1=False)
+    data.best_files["per_class"] = pc
+    page = build_html(data)
+    assert f"not counted in its macro-F1 (as the competition scores it): {pc[4]['class']}." in page
+    assert page.count("#cccccc") == 1
+
+
 def test_report_cli_writes_the_file(local_sweep, tmp_path, monkeypatch):
     root, sid = local_sweep
     monkeypatch.setenv("CVSWEEP_DIR", str(root))

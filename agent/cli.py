@@ -171,24 +171,40 @@ def _progress_printer(store, sweep_id: str):
 
 
 def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | None, count: int | None,
-               project: str | None = None, entity: str | None = None) -> int:
-    from .launcher import LaunchError, Launcher, build_specs, gpu_count, parse_gpus, plan_groups
+               project: str | None = None, entity: str | None = None, dry_run: bool = False, pin: bool = True) -> int:
+    """Plan the workers (GPUs this process may use, its cores), print the plan, then run it unless ``dry_run``."""
+    from cvtrain.system import Visible, visible_gpus
+
+    from .launcher import (LaunchError, Launcher, allowed_cpus, build_specs, cpu_ranges, describe_visible, nvml_view,
+                           parse_gpus, plan_groups, plan_line)
 
     backend, store = open_sweep(sweep_id, project, entity)
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    cpus = allowed_cpus()
     try:
-        ids = parse_gpus(gpus, gpu_count())
-        if not ids and workers is None:
-            workers = 1 if gpus == "none" else min(2, os.cpu_count() or 1)
-        groups = plan_groups(ids, gpus_per_trial, workers)
+        use_gpus = (gpus or "all").strip().lower() != "none"
+        visible = visible_gpus(inherited, nvml_view()) if use_gpus else Visible([], [])
+        chosen = parse_gpus(gpus, visible, inherited)
+        if not chosen and workers is None:
+            workers = min(2, len(cpus)) if use_gpus else 1
+        groups = plan_groups(chosen, gpus_per_trial, workers)
     except LaunchError as exc:
         raise click.UsageError(str(exc)) from None
     state_dir = str(Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep").resolve())
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    specs = build_specs(sweep_id, backend, groups, env, state_dir, count, project, entity)
-    where = ", ".join(f"w{s.slot}: GPU {','.join(map(str, s.gpus))}" if s.gpus else f"w{s.slot}: CPU "
-                      f"({s.env['OMP_NUM_THREADS']} threads)" for s in specs)
-    click.echo(f"sweep {sweep_id} ({backend}): {len(specs)} worker(s) — {where}")
+    if "CVTRAIN_NUM_WORKERS" in (user := settings()):  # the user's loader count (.env too) beats our sizing
+        env.setdefault("CVTRAIN_NUM_WORKERS", user["CVTRAIN_NUM_WORKERS"])
+    specs = build_specs(sweep_id, backend, groups, env, state_dir, count, project, entity, cpus=cpus, pin=pin)
+    # The plan: one line per worker on stdout; where it came from on stderr.
+    for line in describe_visible(visible, inherited) if use_gpus else []:
+        click.echo(line, err=True)
+    click.echo(f"sweep {sweep_id} ({backend}): {len(specs)} worker(s) on cpus {cpu_ranges(cpus)}"
+               + (" — dry run, nothing started" if dry_run else ""), err=True)
+    for s in specs:
+        click.echo(plan_line(s))
+    if dry_run:
+        return 0
     progress = _progress_printer(store, sweep_id) if backend == "local" else None
     code = Launcher(specs, progress=progress, echo=click.echo).run()
     if backend == "local":
@@ -199,16 +215,21 @@ def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | Non
 
 @cli.command()
 @click.argument("sweep_id")
-@click.option("--gpus", default="all", show_default=True, help="all | none | comma-separated indices")
+@click.option("--gpus", default="all", show_default=True,
+              help="all: the GPUs this process may use (CUDA_VISIBLE_DEVICES as SLURM or a container set it, else "
+                   "every GPU) | none | indices into that list, as torch numbers them, e.g. 0,2")
 @click.option("--gpus-per-trial", default=1, show_default=True)
 @click.option("--workers", type=int, default=None, help="worker processes (default: one per GPU group; "
               "without GPUs, up to 2 CPU workers)")
 @click.option("--count", type=int, default=None, help="trials per worker before it exits")
 @click.option("--project", default=None)
 @click.option("--entity", default=None)
-def agent(sweep_id, gpus, gpus_per_trial, workers, count, project, entity):
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="confine each worker to its share of the cores this process may use")
+@click.option("--dry-run", is_flag=True, help="print the plan, one line per worker, and start nothing")
+def agent(sweep_id, gpus, gpus_per_trial, workers, count, project, entity, pin, dry_run):
     """Run SWEEP_ID's trials: one worker per GPU group, restarted if it dies."""
-    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity))
+    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity, dry_run=dry_run, pin=pin))
 
 
 @cli.command()

@@ -154,6 +154,10 @@ def worker_env(base: Mapping[str, str], gpus: list[Gpu], cpus: list[int], state_
                extra: Mapping[str, str] | None = None) -> dict:
     """The child's environment: its GPUs, its share of the cores, where state and runs live."""
     env = dict(base)
+    # wandb saves its service's address in os.environ once this process has used wandb (the demo's
+    # write-back, say): a worker inheriting it would share that service, and a killed worker's run id
+    # would stay "in use" there, so its trial could never resume. Each worker starts its own.
+    env.pop("WANDB_SERVICE", None)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(g.token for g in gpus)  # "" hides every GPU from a CPU worker
     # Indices mean PCI bus order, as NVML (and so the system metrics) number GPUs; CUDA's default,
     # fastest first, would put another card under the same index on a machine with mixed GPUs.

@@ -141,6 +141,13 @@ def test_a_users_loader_worker_count_wins_and_the_parent_env_is_untouched():
     assert base == {"PATH": "/bin", "CVTRAIN_NUM_WORKERS": "6"}
 
 
+def test_workers_start_their_own_wandb_service_not_the_launchers():
+    """wandb keeps its service address in os.environ once a process used wandb; a worker sharing it
+    would leave a killed trial's run id "in use" there (see the finalize kill test)."""
+    env = worker_env({"PATH": "/bin", "WANDB_SERVICE": "2-123-unix-/tmp/x.sock"}, [], cpus=[0], state_dir="/s")
+    assert "WANDB_SERVICE" not in env
+
+
 def test_plan_line_names_slot_gpu_uuid_threads_loaders_and_command(server):
     line = plan_line(plan("2,5,7", "1", cpus=range(4))[0])
     assert line.startswith(f"w0: GPU 5 ({uuid(5)}, NVIDIA H100 80GB HBM3, 80 GiB) | CUDA_VISIBLE_DEVICES=5 | ")

@@ -6,6 +6,7 @@
 - :func:`create_wandb_sweep`, :func:`set_wandb_sweep_state`: register a sweep, change its state
   through W&B's own ``wandb sweep`` verbs.
 - :func:`write_back_leaderboard`: one ``sweep-summary`` run per sweep, resumed by a stable id.
+- :func:`log_submission`: the ``finalize`` run with the submission as an artifact.
 - :func:`wandb_worker`: a worker that runs a W&B sweep's trials in-process with ``wandb.agent``.
 
 The key is never passed around here: wandb finds it itself (environment, ``~/.netrc``, settings).
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from .store import RunStore, Sweep, Trial
@@ -285,6 +287,32 @@ def _cell(v):
 
         return json.dumps(v, sort_keys=True)
     return v
+
+
+def log_submission(result, submission, sweep: Sweep, backend: str, state_root) -> str:
+    """A ``finalize`` run grouped with the parent sweep: the submission as an artifact, OOF figures in its
+    metadata and summary. Local sweeps get an offline run (``cvsweep sync`` uploads it)."""
+    import wandb
+
+    meta = {"oof_macro_f1": result.oof_macro_f1, "folds": result.folds, "parent_sweep": result.parent,
+            "final_sweep": result.final_sweep, "n_images": result.n_images,
+            "finalists": [{"index": f["index"], "run": f["run"], "oof_macro_f1": f["oof_macro_f1"]}
+                          for f in result.finalists]}
+    kwargs = dict(project=sweep.project or "cvsweep", entity=sweep.entity, group=result.parent, job_type="finalize",
+                  name=f"{sweep.name or sweep.id}-submission", mode="online" if backend == "wandb" else "offline",
+                  tags=["cvsweep", f"sweep-{result.parent}", "finalize"], config=meta,
+                  settings=wandb.Settings(silent=True), reinit="finish_previous")
+    if backend == "local":
+        kwargs["dir"] = str(Path(state_root) / "sweeps" / result.parent)
+    run = wandb.init(**{k: v for k, v in kwargs.items() if v is not None})
+    run.summary.update({"oof_macro_f1": result.oof_macro_f1,
+                        **{f"oof_macro_f1/{f['index']}": f["oof_macro_f1"] for f in result.finalists}})
+    art = wandb.Artifact(f"submission-{result.parent}", type="submission", metadata=meta)
+    art.add_file(str(submission), name=Path(submission).name)
+    run.log_artifact(art, aliases=["latest"])
+    where = run.dir if backend == "local" else run.url
+    run.finish()
+    return str(where)
 
 
 # ---------------------------------------------------------------------------

@@ -149,6 +149,7 @@ def test_in_process_agent_runs_each_queued_trial_with_its_parameters(wandb_serve
         seen.append((run.id, run.sweep_id, dict(run.config)))
         run.log({"best_val_f1": 0.5})
 
+    wandb_server.cancel_after(sweep_id, 60)
     wandb.agent(f"{wandb_server.entity}/proj/{sweep_id}", function=trial, count=2)
 
     assert [s[0] for s in seen] == queued
@@ -187,6 +188,7 @@ def test_in_process_stop_is_a_bare_exception_injected_into_the_trial_thread(wand
             caught["step"] = step
             raise
 
+    wandb_server.cancel_after(sweep_id, 60)
     wandb.agent(sweep_id, function=trial, entity=wandb_server.entity, project="proj", count=1)
 
     assert type(caught["exc"]) is Exception and caught["exc"].args == ()
@@ -215,6 +217,7 @@ def test_a_requeued_run_comes_back_as_resume_with_the_same_id(wandb_server, monk
             run.finish(exit_code=143)
             wandb_server.requeue_run(run.id)
 
+    wandb_server.cancel_after(sweep_id, 60)
     wandb.agent(sweep_id, function=trial, entity=wandb_server.entity, project="proj", count=2)
 
     assert seen == [(run_id, {"learning_rate": 1e-3, "amp": False})] * 2

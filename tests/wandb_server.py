@@ -26,7 +26,8 @@ files, manifest), `requests`/`timeline` (operation names seen, with times),
 `assert_clean()` checks the last three.
 To drive: `add_sweep`, `add_run` (seed without a client), `queue_run`,
 `requeue_run` (a `resume` command), `stop_run`, `set_sweep_state`,
-`finish_sweep`, `expire_run`, `wait_for(predicate)`. Helpers: `agent_cli`
+`finish_sweep`, `cancel_after` (a deadline for in-process agents), `expire_run`,
+`wait_for(predicate)`. Helpers: `agent_cli`
 (argv for the `wandb agent` CLI, optionally with a shorter poll interval),
 `fast_agents` (in-process agent heartbeats every 0.2 s).
 
@@ -299,6 +300,7 @@ class WandbServer:
         self.uploads: dict[str, bytes] = {}  # upload path -> bytes
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._timers: list[threading.Timer] = []
         self._ops: dict[str, Callable[[dict, str], dict]] = {
             "Viewer": self._op_viewer,
             "GetViewer": self._op_viewer,
@@ -351,6 +353,8 @@ class WandbServer:
         return self
 
     def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -446,6 +450,14 @@ class WandbServer:
     def finish_sweep(self, sweep_id: str) -> None:
         """No more runs: once an agent has nothing running, its next heartbeat says `exit`."""
         self.set_sweep_state(sweep_id, "FINISHED")
+
+    def cancel_after(self, sweep_id: str, seconds: float) -> None:
+        """A deadline for an in-process agent (which has no timeout of its own): after `seconds`
+        the sweep is CANCELED, so its agents are told to stop their runs and exit."""
+        timer = threading.Timer(seconds, self.set_sweep_state, (sweep_id, "CANCELED"))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
 
     def expire_run(self, run_id: str) -> None:
         """What W&B does when a run stops heartbeating: crashed, or preempted if it flagged preempting."""

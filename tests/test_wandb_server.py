@@ -13,9 +13,8 @@ wandb = pytest.importorskip("wandb")
 
 def assert_clean(server):
     """Every request was understood and authenticated with the server's key."""
-    assert server.unknown_ops == []
-    assert server.errors == []
-    assert {key for _, key in server.auth} == {server.api_key}
+    assert server.auth, "no request reached the server"
+    server.assert_clean()
 
 
 def test_online_run_reaches_the_server_with_history_summary_and_state(wandb_server):
@@ -150,6 +149,7 @@ def test_in_process_agent_runs_each_queued_trial_with_its_parameters(wandb_serve
         seen.append((run.id, run.sweep_id, dict(run.config)))
         run.log({"best_val_f1": 0.5})
 
+    wandb_server.cancel_after(sweep_id, 60)
     wandb.agent(f"{wandb_server.entity}/proj/{sweep_id}", function=trial, count=2)
 
     assert [s[0] for s in seen] == queued
@@ -188,6 +188,7 @@ def test_in_process_stop_is_a_bare_exception_injected_into_the_trial_thread(wand
             caught["step"] = step
             raise
 
+    wandb_server.cancel_after(sweep_id, 60)
     wandb.agent(sweep_id, function=trial, entity=wandb_server.entity, project="proj", count=1)
 
     assert type(caught["exc"]) is Exception and caught["exc"].args == ()
@@ -216,6 +217,7 @@ def test_a_requeued_run_comes_back_as_resume_with_the_same_id(wandb_server, monk
             run.finish(exit_code=143)
             wandb_server.requeue_run(run.id)
 
+    wandb_server.cancel_after(sweep_id, 60)
     wandb.agent(sweep_id, function=trial, entity=wandb_server.entity, project="proj", count=2)
 
     assert seen == [(run_id, {"learning_rate": 1e-3, "amp": False})] * 2
@@ -488,3 +490,71 @@ def test_unknown_operations_and_missing_credentials_are_recorded_not_hidden(wand
     assert status == 200 and answer["errors"] and wandb_server.unknown_ops == ["NoSuchThing"]
     assert post({"query": "query Viewer { viewer { id } }"}, None)[0] == 401
     assert "unauthorized:graphql" in wandb_server.requests
+
+
+def test_heartbeat_answers_follow_the_sweep_state():
+    """The server's side of the agent protocol, without a client: one command per heartbeat."""
+    import json
+
+    from wandb_server import WandbServer
+
+    server = WandbServer()  # not started: handle_graphql is called directly
+    sweep_id = server.add_sweep(SWEEP, project="proj")
+
+    def beat(agent_id, running=()):
+        answer = server.handle_graphql({"query": "mutation Heartbeat { agentHeartbeat }", "variables": {
+            "id": agent_id, "runState": json.dumps({run_id: True for run_id in running})}}, server.api_key)
+        return [(c["type"], c.get("run_id")) for c in json.loads(answer["data"]["agentHeartbeat"]["commands"])]
+
+    agent = server.handle_graphql({"query": "mutation CreateAgent { createAgent }", "variables": {
+        "host": "h", "sweep": sweep_id, "projectName": "proj", "entityName": server.entity}},
+        server.api_key)["data"]["createAgent"]["agent"]["id"]
+    first, second = server.queue_run(sweep_id, {"lr": 1}), server.queue_run(sweep_id, {"lr": 2})
+
+    server.set_sweep_state(sweep_id, "PAUSED")
+    assert beat(agent) == []
+    server.set_sweep_state(sweep_id, "RUNNING")
+    assert beat(agent) == [("run", first)]
+    server.stop_run(first)
+    assert beat(agent, [first]) == [("stop", first)]
+    assert beat(agent, [first]) == [("stop", first)]  # again, while the agent still reports it
+    assert beat(agent) == [("run", second)]
+    server.finish_sweep(sweep_id)
+    assert beat(agent, [second]) == []  # finished: no exit while a run is still running
+    assert beat(agent) == [("exit", None)]
+
+    other = server.add_sweep(SWEEP, project="proj")
+    server.agents[agent].sweep = other
+    third = server.queue_run(other, {"lr": 3})
+    assert beat(agent) == [("run", third)]
+    server.set_sweep_state(other, "CANCELED")
+    assert beat(agent, [third]) == [("stop", third)]
+    assert beat(agent) == [("exit", None)]
+    assert server.unknown_ops == [] and server.errors == []
+
+
+def test_cancel_from_the_cli_stops_the_running_trial_and_the_agent_exits(wandb_server, tmp_path, monkeypatch):
+    import subprocess
+
+    from click.testing import CliRunner
+    from wandb.cli.cli import cli
+
+    from wandb_server import agent_cli
+
+    sweep_id = cli_sweep(wandb_server, tmp_path, monkeypatch, steps=600)
+    run_id = wandb_server.queue_run(sweep_id, {"learning_rate": 1e-3, "amp": True})
+    path = f"{wandb_server.entity}/proj/{sweep_id}"
+    agent = subprocess.Popen(agent_cli(path, poll_interval=1), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        wandb_server.wait_for(lambda: wandb_server.runs[run_id].history, 60, "the trial's first metrics")
+        assert CliRunner().invoke(cli, ["sweep", "--cancel", path]).exit_code == 0
+        output, _ = agent.communicate(timeout=30)
+    finally:
+        agent.kill()
+
+    assert agent.returncode == 0, output
+    assert trial_record(tmp_path, run_id)["signal"] == 15
+    assert wandb_server.runs[run_id].state == "finished"
+    assert [c["type"] for c in wandb_server.agents[wandb_server.runs[run_id].agent].sent] == ["run", "stop", "exit"]
+    assert_clean(wandb_server)

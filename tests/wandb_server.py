@@ -1,16 +1,39 @@
 """A stand-in W&B server on 127.0.0.1, for running wandb's real client code in tests.
 
 wandb 0.31 sends every network call through its Go sidecar `wandb-core`:
-GraphQL as `POST /graphql` (the operation named in the query text, basic auth
-`api:<key>`), the run's metrics as `POST /files/<entity>/<project>/<run>/file_stream`,
-and file bytes as `PUT` to the upload URLs this server hands out. The public API
+GraphQL as `POST /graphql` (operation named in the query text, basic auth
+`api:<key>`), a run's metrics as `POST /files/<entity>/<project>/<run>/file_stream`,
+file bytes as `PUT` to the upload URLs this server hands out. The public API
 (`wandb.Api()`) and both sweep agents go through the same sidecar, so one HTTP
 server answers them all. `WandbServer` keeps what it hears as plain state that
-tests read (`runs`, `sweeps`, `artifacts`, `requests`, `unknown_ops`) and drive
-(`queue_run`, `stop_run`, `finish_sweep`, `set_sweep_state`, `expire_run`).
+tests read and drive.
 
-Operations answered (one handler each; dispatched on the operation name, which
-is taken from the request's `operationName` or else from the query text):
+Fixtures (tests/conftest.py): `wandb_server` starts a server and points wandb
+at it through the environment (`client_env`: WANDB_BASE_URL, WANDB_API_KEY =
+`server.api_key`, WANDB_MODE=online, every WANDB_*_DIR under tmp, metrics
+flushed every second); `wandb_server_netrc` is the `wandb login` user: no
+WANDB_API_KEY, the key only in `$HOME/.netrc` (HOME under tmp). Both call
+`wandb.teardown()` before and after and restore all of os.environ (wandb
+writes to it). Subprocesses started in the test inherit the environment.
+
+State to read: `runs` (run id -> RunRecord: display_name, config / `params`,
+summary, history rows, state, exitcode, preempting, sweep, group, tags,
+job_type, files uploaded, artifacts), `sweeps` (id -> SweepRecord: config,
+state, `states` set over time), `agents` (id -> AgentRecord: `sent` commands,
+heartbeats), `artifacts` (id -> ArtifactRecord: name, type, state, aliases,
+files, manifest), `requests`/`timeline` (operation names seen, with times),
+`auth` (operation, key used), `unknown_ops`, `errors` (handler crashes);
+`assert_clean()` checks the last three.
+To drive: `add_sweep`, `add_run` (seed without a client), `queue_run`,
+`requeue_run` (a `resume` command), `stop_run`, `set_sweep_state`,
+`finish_sweep`, `cancel_after` (a deadline for in-process agents), `expire_run`,
+`wait_for(predicate)`. Helpers: `agent_cli`
+(argv for the `wandb agent` CLI, optionally with a shorter poll interval),
+`fast_agents` (in-process agent heartbeats every 0.2 s).
+
+Operations answered (one handler each; dispatch on the operation name, from
+the request's `operationName` or else the query text; the Python side sends
+an empty operationName):
 
   credentials   Viewer, GetViewer, GetDefaultEntity, ServerInfo,
                 ServerFeaturesQuery, OrganizationCoreWeaveOrganizationID,
@@ -19,44 +42,67 @@ is taken from the request's `operationName` or else from the query text):
                 HTTPSummary's summary write), RunResumeStatus, RunState,
                 QueryRunInfo, CreateRunFiles, MarkRunFilesUploaded, StopRun,
                 Run, Runs, RunSampledHistory, RunFullHistory, RunHistoryKeys
-  artifacts     ArtifactType, ArtifactByID, CreateArtifact, FetchArtifactDigestAlgorithm,
-                CreateArtifactManifest, UpdateArtifactManifest,
-                CreateArtifactFiles, CommitArtifact, UseArtifact
-  sweeps        UpsertSweep (create, and the state change `wandb sweep
+  artifacts     ArtifactType, ArtifactByID, CreateArtifact,
+                FetchArtifactDigestAlgorithm, CreateArtifactManifest,
+                UpdateArtifactManifest, CreateArtifactFiles, CommitArtifact,
+                UseArtifact
+  sweeps        UpsertSweep (create; and `id` + `state`, which `wandb sweep
                 --pause/--resume/--stop/--cancel` sends), UpsertSweepState,
-                SweepWithRuns (CLI agent, state changes), GetSweep,
-                GetSweepLegacy, GetSweepState, SweepConfig, CreateAgent,
-                Heartbeat
+                SweepWithRuns, GetSweep, GetSweepLegacy, GetSweepState,
+                SweepConfig, CreateAgent, Heartbeat
   REST          POST /files/<e>/<p>/<run>/file_stream, PUT /upload/...,
                 POST /sdk/otel/... (wandb's own telemetry: accepted, ignored)
 
 Anything else is answered with a GraphQL error and appended to `unknown_ops`
-(and logged at WARNING), so a missing operation shows up as a failed test
-with its name, not as a hang or a nil-pointer panic inside wandb-core.
+(and logged at WARNING): a missing operation fails a test by name instead of
+hanging it or panicking wandb-core (an empty `data` makes wandb-core crash on
+a nil pointer).
 
-Run and sweep nodes are answered with the fields the query names: a field is
-included when its name appears in the query text. That is how the lightweight
-run fragment of `Api().runs` comes back without `config`/`summaryMetrics`
-(so each run's config costs its own `Run` request, as on W&B).
+What each scenario sends (as observed; tests/test_wandb_server.py pins them):
+- online run (init, log, summary, finish): UpsertBucket (twice and more),
+  OrganizationCoreWeaveOrganizationID, ServerFeaturesQuery, file_stream
+  (history/summary/output.log lines at offsets; the last one `complete` with
+  `exitcode`), CreateRunFiles + PUTs (config.yaml, wandb-summary.json,
+  wandb-metadata.json, output.log, requirements.txt, media files).
+  `resume=`: RunResumeStatus first. `mark_preempting()`: a file_stream
+  request with `"preempting": true`.
+- log_artifact: Viewer, ArtifactType, CreateArtifact, CreateArtifactManifest
+  (twice), CreateArtifactFiles, PUTs, CommitArtifact; `.wait()` adds
+  ArtifactByID. A logged wandb.Table is also a `run_table` artifact.
+- wandb.sweep: Viewer, UpsertSweep (config as YAML, `distribution` filled).
+- in-process wandb.agent: Viewer, CreateAgent, Heartbeat...; per trial a
+  teardown, a fresh Viewer and the run's own calls. No sweep query.
+- `wandb agent` CLI: Viewer, SweepWithRuns (reads `command`), CreateAgent,
+  Heartbeat...; the child's run as above.
+- `wandb sweep --pause ID` etc.: SweepWithRuns, then UpsertSweep(id, state).
+- Api().sweep(path).runs: GetSweep, Runs in pages of 10 (lightweight fields),
+  then one `Run` per run whose config/summary is read; run.history():
+  RunFullHistory (no keys) or RunSampledHistory (keys); run.update():
+  UpsertBucket (config, tags...) then UpsertBucket (summaryMetrics).
 
-How the sweep agents are driven (`queue_run`, `stop_run`, `finish_sweep`):
-- Each heartbeat answers at most one command (the in-process agent only ever
-  reads `commands[0]`). A pending `stop` for a run an agent reports as running
-  goes first, and is sent again on every heartbeat while the agent still
-  reports the run, as W&B does: the CLI agent SIGTERMs on the first and
-  SIGKILLs once `WANDB_AGENT_KILL_DELAY` (default 30 s) has passed.
-- Then queued runs, first come first served across the sweep's agents.
-- With nothing queued: `[]`, or `exit` once the sweep is FINISHED/CANCELED
-  and the agent reports no running run (CANCELED first stops its runs).
-- Heartbeat intervals: the CLI agent heartbeats every `Agent.POLL_INTERVAL`
-  (5 s, a class attribute of `wandb.wandb_agent`, no env var); the in-process
-  agent every `Agent.HEARTBEAT_SLEEP_SECONDS` (5 s, `wandb.agents.pyagent`,
-  which says tests may lower it). `fast_agents` lowers both in-process.
+Run and sweep nodes hold the fields the query names (a field is included when
+its name appears in the query text): the lightweight run fragment of
+`Api().runs` comes back without config/summaryMetrics, as on W&B.
 
-Run states from the file stream: `complete` with exit code 0 -> finished,
-non-zero -> failed (preempted if the run had flagged `preempting`). A run whose
-process vanishes is "crashed" on W&B only after its heartbeats stop;
-`expire_run` plays that part (preempted for a run that flagged preempting).
+Heartbeats (`_next_command`):
+- At most one command per heartbeat (the in-process agent only reads
+  `commands[0]`). A `stop` for a run the agent reports running goes first and
+  is repeated while the agent still reports it, as W&B does: the CLI agent
+  SIGTERMs on the first and SIGKILLs once WANDB_AGENT_KILL_DELAY (30 s) has
+  passed; the in-process agent injects `Exception` into the trial's thread.
+- Then queued runs (RUNNING sweeps only), first come first served.
+- Otherwise `[]`, or `exit` once the sweep is FINISHED/CANCELED and the agent
+  reports nothing running (CANCELED first stops what is running).
+- Intervals: the CLI agent waits `wandb_agent.Agent.POLL_INTERVAL` (5 s, no
+  env var) before each heartbeat; the in-process agent sleeps
+  `pyagent.Agent.HEARTBEAT_SLEEP_SECONDS` (5 s) between them.
+
+Run states: the file stream's `complete` with exit code 0 -> finished, else
+failed (preempted if the run flagged `preempting`). A run whose process is
+killed stays "running" (nothing reports its end); W&B calls it crashed after
+its heartbeats stop, which `expire_run` plays. A queued run stopped before an
+agent took it is "killed". Runs are keyed by run id alone (ids are unique
+across projects in tests).
 """
 
 from __future__ import annotations
@@ -254,6 +300,7 @@ class WandbServer:
         self.uploads: dict[str, bytes] = {}  # upload path -> bytes
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._timers: list[threading.Timer] = []
         self._ops: dict[str, Callable[[dict, str], dict]] = {
             "Viewer": self._op_viewer,
             "GetViewer": self._op_viewer,
@@ -306,6 +353,8 @@ class WandbServer:
         return self
 
     def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -402,6 +451,14 @@ class WandbServer:
         """No more runs: once an agent has nothing running, its next heartbeat says `exit`."""
         self.set_sweep_state(sweep_id, "FINISHED")
 
+    def cancel_after(self, sweep_id: str, seconds: float) -> None:
+        """A deadline for an in-process agent (which has no timeout of its own): after `seconds`
+        the sweep is CANCELED, so its agents are told to stop their runs and exit."""
+        timer = threading.Timer(seconds, self.set_sweep_state, (sweep_id, "CANCELED"))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
     def expire_run(self, run_id: str) -> None:
         """What W&B does when a run stops heartbeating: crashed, or preempted if it flagged preempting."""
         with self.lock:
@@ -420,6 +477,14 @@ class WandbServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what} not reached in {timeout}s; requests: {self.requests[-30:]}")
             time.sleep(0.05)
+
+    def assert_clean(self) -> None:
+        """Every request was understood, handled, and authenticated with `api_key`."""
+        with self.lock:
+            assert not self.unknown_ops, f"operations the stand-in server does not answer: {self.unknown_ops}"
+            assert not self.errors, f"stand-in server handlers failed: {self.errors}"
+            others = [(op, key) for op, key in self.auth if key != self.api_key]
+            assert not others, f"requests without the server's API key: {others}"
 
     def run_by_name(self, display_name: str) -> list[RunRecord]:
         with self.lock:

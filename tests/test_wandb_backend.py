@@ -113,23 +113,3 @@ def _slow_stop_request(cls):
             time.sleep(0.5)
             super().__init__()
     return Slow
-
-
-live = pytest.mark.skipif(not os.environ.get("WANDB_API_KEY") or not os.environ.get("CVSWEEP_LIVE_TESTS"),
-                          reason="live W&B tests need WANDB_API_KEY and CVSWEEP_LIVE_TESTS=1 (and a network)")
-
-
-@pytest.mark.live
-@live
-def test_live_create_and_read_a_wandb_sweep(monkeypatch):
-    from agent.wandb_backend import WandbStore, create_wandb_sweep
-
-    monkeypatch.setenv("WANDB_MODE", "online")
-    cfg = {"name": "cvsweep-live-test", "method": "random", "metric": {"name": "best_val_f1", "goal": "maximize"},
-           "run_cap": 1, "parameters": {"learning_rate": {"values": [0.001]}}}
-    project = os.environ.get("WANDB_PROJECT", "cvsweep-tests")
-    path = create_wandb_sweep(cfg, project=project, entity=os.environ.get("WANDB_ENTITY"))
-    assert path.entity and path.project == project
-    store = WandbStore(project=project, entity=path.entity)
-    assert store.get_sweep(str(path)).config["method"] == "random"
-    assert store.list_trials(str(path)) == []

@@ -29,9 +29,19 @@ def trainer_env(tmp_path, **extra):
     """The environment `wandb agent` passes on to `python -m cvtrain`: this interpreter first on PATH
     (the sweep command's ${interpreter} is the literal `python`), this checkout importable."""
     env = dict(os.environ)
+    # wandb keeps this process's service address in WANDB_SERVICE once the test process used wandb
+    # (an earlier in-process test): a child must start its own, as on a user's machine.
+    env.pop("WANDB_SERVICE", None)
     env["PATH"] = os.pathsep.join([str(Path(PY).parent), env.get("PATH", "")])
     env.update(PYTHONPATH=str(ROOT), CVTRAIN_OUTPUT_ROOT=str(tmp_path / "outputs"), **extra)
     return env
+
+
+def output_of(proc) -> str:
+    """What a child printed so far (for a failure message): kill it and read the rest."""
+    proc.kill()
+    out, _ = proc.communicate(timeout=30)
+    return (out or "")[-6000:]
 
 
 def tiny(demo_dir, cache_dir, **over):
@@ -67,6 +77,8 @@ def test_wandb_agent_runs_cvtrain_from_our_sweep_file_and_a_stop_ends_it_stopped
         elapsed = time.monotonic() - t0
         server.finish_sweep(sweep_id)
         output, _ = agent.communicate(timeout=60)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n--- wandb agent printed:\n{output_of(agent)}") from None
     finally:
         agent.kill()
     assert agent.returncode == 0, output[-4000:]
@@ -117,18 +129,21 @@ def test_cvsweep_agent_on_wandb_stops_fails_and_preempts_trials_as_wandb_expects
     stop_me = server.queue_run(sweep_id, tiny(demo_dir, cache_dir, learning_rate=0.003))
     fail_me = server.queue_run(sweep_id, tiny(demo_dir, cache_dir, optimizer="sgd", learning_rate=1.0,
                                               weight_decay=1e6, log_interval=1, epochs=2, batch_size=8))
+    bad_config = server.queue_run(sweep_id, tiny(demo_dir, cache_dir, optimizer="adamm"))  # fails before its run
     launcher = _cvsweep_agent(path, tmp_path, "--workers", "2")
     try:
         # 1. a stop from the sweep, delivered in-process as wandb's injected exception
         server.wait_for(lambda: len(epochs_logged(server, stop_me)) >= 2, 240, "two epochs of the first trial")
         server.stop_run(stop_me)
-        server.wait_for(lambda: server.runs[stop_me].finished and server.runs[fail_me].finished, 120,
-                        "the stopped and the failing trial to end")
+        server.wait_for(lambda: all(server.runs[r].finished for r in (stop_me, fail_me, bad_config)), 120,
+                        "the stopped and the failing trials to end")
         # 2. SIGTERM to the launcher while both workers train
         pre = [server.queue_run(sweep_id, tiny(demo_dir, cache_dir, learning_rate=lr)) for lr in (0.01, 0.02)]
         server.wait_for(lambda: all(len(epochs_logged(server, r)) >= 2 for r in pre), 240, "both workers training")
         launcher.send_signal(signal.SIGTERM)
         output, _ = launcher.communicate(timeout=120)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n--- cvsweep agent printed:\n{output_of(launcher)}") from None
     finally:
         launcher.kill()
     assert launcher.returncode == 128 + signal.SIGTERM, output[-4000:]
@@ -144,6 +159,9 @@ def test_cvsweep_agent_on_wandb_stops_fails_and_preempts_trials_as_wandb_expects
     failed = server.runs[fail_me]
     assert failed.state == "failed" and failed.summary["state"] == "failed"
     assert failed.summary["reason"].startswith("NonFiniteLossError: loss became nan at epoch 1")
+    bad = server.runs[bad_config]
+    assert (bad.state, bad.sweep, bad.summary["state"]) == ("failed", sweep_id, "failed")
+    assert bad.summary["reason"].startswith("ConfigError") and "optimizer='adamm'" in bad.summary["reason"]
 
     for run_id in pre:
         record = server.runs[run_id]
@@ -160,6 +178,8 @@ def test_cvsweep_agent_on_wandb_stops_fails_and_preempts_trials_as_wandb_expects
         server.wait_for(lambda: len(epochs_logged(server, pre[0])) > done_before + 1, 240, "the resumed trial")
         server.stop_run(pre[0])  # no need to train all 300 epochs: it resumed, and stops as any trial
         output2, _ = again.communicate(timeout=120)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n--- cvsweep agent printed:\n{output_of(again)}") from None
     finally:
         again.kill()
     assert again.returncode == 0, output2[-4000:]
@@ -191,6 +211,8 @@ def test_a_cluster_sigterm_under_wandb_agent_preempts_the_trial_for_requeue(
         server.wait_for(lambda: server.runs[run_id].finished, 60, "the preempted trial's run to end")
         server.finish_sweep(sweep_id)
         output, _ = agent.communicate(timeout=60)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n--- wandb agent printed:\n{output_of(agent)}") from None
     finally:
         agent.kill()
     record = server.runs[run_id]
@@ -230,3 +252,24 @@ def test_a_sweep_trial_that_must_run_offline_says_so_loudly_once(tmp_path, demo_
     assert proc.stderr.count("runs OFFLINE") == 1 and "W&B sweep sw1" in proc.stderr
     assert "wandb login" in proc.stderr
     assert json.loads((tmp_path / "outputs" / "sweep-sw1" / "r1" / "summary.json").read_text())["state"] == "finished"
+
+
+def test_a_trial_that_fails_before_training_under_wandb_agent_still_tells_wandb_why(
+        wandb_server, tmp_path, demo_dir, cache_dir):
+    """A bad parameter (a typo in the sweep file, an unknown optimizer) fails the trainer before its run
+    starts; the run W&B handed out still ends failed, with the reason in its summary."""
+    from wandb_server import agent_cli
+
+    server = wandb_server
+    sweep_id = server.add_sweep(yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text()), project="docs")
+    typo = server.queue_run(sweep_id, tiny(demo_dir, cache_dir, learning_rat=0.1))
+    bad = server.queue_run(sweep_id, tiny(demo_dir, cache_dir, optimizer="adamm"))
+    proc = subprocess.run(agent_cli("--count", "2", f"{server.entity}/docs/{sweep_id}", poll_interval=1),
+                          cwd=tmp_path, env=trainer_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for run_id, words in ((typo, ["UsageError", "--learning_rat: unknown option", "learning_rate"]),
+                          (bad, ["ConfigError", "optimizer='adamm'", "allowed:"])):
+        record = server.runs[run_id]
+        assert (record.state, record.sweep, record.summary["state"]) == ("failed", sweep_id, "failed"), run_id
+        assert all(w in record.summary["reason"] for w in words), record.summary["reason"]
+    assert_clean(server)

@@ -1273,8 +1273,10 @@ def serve_wandb(root: Path, monkeypatch: Any, *, netrc: bool = False) -> Iterato
     The whole of os.environ is restored afterwards: wandb itself writes to it
     (`wandb.sweep` sets WANDB_PROJECT/ENTITY, the agents WANDB_SWEEP_ID, WANDB_DIR...).
     """
-    saved = dict(os.environ)
     teardown_wandb()
+    # Saved after the teardown: it stops this process's wandb service and drops WANDB_SERVICE, which
+    # restoring would bring back naming a dead socket (every later in-process wandb.init then fails).
+    saved = dict(os.environ)
     server = WandbServer().start()
     try:
         for key, value in client_env(server, root, netrc=netrc).items():

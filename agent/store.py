@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 SCHEMA_VERSION = 1
 TERMINAL = ("finished", "failed", "crashed", "killed")

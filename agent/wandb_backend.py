@@ -337,7 +337,7 @@ class WandbWorker:
         self.poll = poll
         self.current = None              # the running trial's StopRequest
         self.preempted: str | None = None
-        self.results: list = []          # TrainResult or the exception, per trial
+        self.last_result = None          # the last trial's TrainResult, or its exception
         self._lock = threading.Lock()
 
     def preempt(self, reason: str) -> None:
@@ -403,7 +403,7 @@ class WandbWorker:
             self.current = None
         if box is None:
             return
-        self.results.append(box.get("result", box.get("error")))
+        self.last_result = box.get("result", box.get("error"))
         if "error" in box:
             raise box["error"]
 

@@ -99,7 +99,7 @@ def test_wandbs_injected_exception_becomes_a_stop_and_never_reaches_training(whe
     agent_thread.join(30)
     assert not agent_thread.is_alive() and seen["exceptions"] == []
     if when == "while training":
-        assert seen["kind"] == "stopped" and worker.results == ["result"]
+        assert seen["kind"] == "stopped" and worker.last_result == "result"
     else:
         assert seen["kind"] in ("stopped", None)  # stopped at once, or never began
 

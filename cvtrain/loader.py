@@ -24,11 +24,15 @@ def batch_loader(dataset, batch_size: int, *, shuffle: bool, generator: torch.Ge
                  persistent_workers: bool = True) -> DataLoader:
     """A DataLoader whose every fetch is ``dataset[list of positions]``: one slice per batch.
 
-    ``generator`` drives the shuffle exactly as ``DataLoader(shuffle=True, generator=...)`` does.
+    ``generator`` drives the shuffle and nothing else, so the order of an epoch depends on its
+    state alone, not on the worker count or whether workers persist.
     """
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    # The DataLoader draws its workers' base seed from its own generator once per fresh iterator
+    # (every epoch without persistent workers, once with them): give it one of its own, or it would
+    # take that draw from the shuffle's generator (or the global RNG) and move what follows.
     return DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last),
-                      num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+                      num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
                       persistent_workers=persistent_workers and num_workers > 0)
 
 

@@ -236,7 +236,7 @@ def sample_nearest(x: torch.Tensor, theta: torch.Tensor, fill: int) -> torch.Ten
     # Everything outside the image lands on a border of ``fill`` pixels: no mask to compute.
     ix = ix.round_().clamp_(0, w + 1)
     iy = iy.round_().clamp_(0, h + 1)
-    flat = torch.addcmul(ix, iy, torch.tensor(float(w + 2), device=x.device)).long().view(n, 1, -1)
+    flat = ix.add_(iy, alpha=w + 2).long().view(n, 1, -1)
     src = F.pad(x, (1, 1, 1, 1), value=fill)
     return torch.gather(src.view(n, c, -1), 2, flat.expand(n, c, -1)).view(n, c, h, w)
 

@@ -4,7 +4,8 @@
 a new one. Every per-sample choice (which operations, angles, sigmas, qualities)
 is drawn up front by :func:`draw` from one CPU generator, seeded by
 :func:`batch_generator` from (seed, epoch, batch index): a resumed run draws what
-an uninterrupted one drew, whatever device or worker count it runs on. Then each
+an uninterrupted one drew, and the choices are the same on any device and for any
+worker count (only the noise pixels come from the device's own generator). Then each
 operation runs once for the samples its coin chose, and every other sample stays
 bit-identical:
 
@@ -14,7 +15,8 @@ bit-identical:
   done as a gather of the uint8 pixels (nearest, as torchvision's affine in the
   per-sample path samples);
 - Gaussian blur (sigma 0.3-1.5, 5x5): a grouped convolution, one kernel per sample;
-- Gaussian pixel noise (std 3-15): one draw for the chosen samples;
+- Gaussian pixel noise (std 3-15): one draw for the chosen samples, from a generator
+  on the device seeded by the batch's draw;
 - JPEG damage (quality 20-59): only the chosen samples; torchvision's codec on CUDA
   (nvjpeg), PIL on the CPU.
 
@@ -47,7 +49,7 @@ SIGMA = (0.3, 1.5)
 BLUR_TAPS = 5
 NOISE_STD = (3.0, 15.0)
 JPEG_QUALITY = (20, 60)     # int(uniform(20, 60)): 20..59, as the per-sample path draws it
-PAPER = 255               # documents are white paper: the affine fills with it (data.PAD_FILL)
+PAPER = 255                 # documents are white paper: the affine fills with it (data.PAD_FILL)
 _COLUMNS = 15               # uniforms per sample; a fixed layout, so one strength never shifts another's draws
 
 

@@ -38,7 +38,7 @@ def predict_probs(model, images, normalize, views: list[str], batch_size: int) -
     per = max(1, batch_size // max(1, len(views)))
     out = []
     for s in range(0, len(images), per):
-        x = torch.from_numpy(np.ascontiguousarray(images[s:s + per])).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.array(images[s:s + per])).permute(0, 3, 1, 2)  # a copy: the cache is read-only
         if device.type == "cuda":
             x = x.pin_memory()
         x = x.to(device, non_blocking=True)

@@ -35,6 +35,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 AMP_DTYPES = ("bf16", "fp16")
 RESIZE_MODES = ("pad", "stretch")
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_ON = ("device", "cpu")
 
 #: Environment variables read for W&B settings, by field.
 WANDB_ENV = {
@@ -134,6 +135,7 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"  # test IDs in submission order
     resize: str = "pad"      # pad keeps the aspect ratio; stretch does not
     num_workers: int = 2
+    augment_on: str = "device"     # device: batched on the training device; cpu: per sample in the loader
     cache_dir: str | None = None   # None: $XDG_CACHE_HOME/cvtrain or ~/.cache/cvtrain
     skip_bad_images: bool = False
 
@@ -480,6 +482,8 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("device", f"allowed: {', '.join(DEVICES)} or cuda:N")
     if d.resize not in RESIZE_MODES:
         bad("resize", f"allowed: {', '.join(RESIZE_MODES)}")
+    if d.augment_on not in AUGMENT_ON:
+        bad("augment_on", f"allowed: {', '.join(AUGMENT_ON)}{close_matches(d.augment_on, AUGMENT_ON)}")
     for name, lo in (("img_size", 16), ("batch_size", 1), ("epochs", 1), ("log_interval", 1)):
         if cfg.get(name) < lo:
             bad(name, f"must be >= {lo}")

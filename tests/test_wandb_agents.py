@@ -155,6 +155,7 @@ def test_cvsweep_agent_on_wandb_stops_fails_and_preempts_trials_as_wandb_expects
     local = json.loads((out / stop_me / "summary.json").read_text())
     assert local["state"] == "stopped" and local["best_val_f1"] == stopped.summary["best_val_f1"]
     assert (out / stop_me / "confusion_matrix.json").exists() and stopped.artifacts
+    assert stopped.display_name.endswith(f"-{stop_me}")  # unique within the sweep, in-process too
 
     failed = server.runs[fail_me]
     assert failed.state == "failed" and failed.summary["state"] == "failed"

@@ -27,16 +27,20 @@ def settings(env_file: str = ".env") -> dict:
     return merged_env(os.environ, env_file)
 
 
-def api_key_configured(env: dict) -> bool:
-    return bool(env.get("WANDB_API_KEY"))
+def wandb_access(env: dict, mode: str | None = None):
+    """How wandb would reach W&B from here (environment, .env, ~/.netrc, wandb settings); mode from env."""
+    from cvtrain.tracking import AccessError, wandb_access as access
+
+    try:
+        return access(mode if mode is not None else env.get("WANDB_MODE"), env.get("WANDB_API_KEY"),
+                      env.get("WANDB_BASE_URL"), env)
+    except AccessError as exc:
+        raise click.ClickException(exc.problems[0]) from None
 
 
 def default_backend(env: dict) -> tuple[str, str]:
-    mode = (env.get("WANDB_MODE") or "online").lower()
-    if api_key_configured(env) and mode == "online":
-        return "wandb", "a W&B API key is configured and WANDB_MODE is online"
-    why = "no W&B API key configured" if not api_key_configured(env) else f"WANDB_MODE={mode}"
-    return "local", why
+    acc = wandb_access(env)
+    return ("wandb" if acc.mode == "online" else "local"), acc.reason
 
 
 def local_store(create: bool = False):
@@ -48,34 +52,64 @@ def local_store(create: bool = False):
         raise click.ClickException(str(exc)) from None
 
 
-def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = None):
-    """(backend, store) for a sweep id: local when the local store has it, else W&B."""
-    from .store import SQLiteStore, StoreError, WandbStore
+def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = None, backend: str | None = None):
+    """(backend, store, key) for a sweep: local when the local store has the id, else W&B
+    (``backend`` forces one).
+
+    ``key`` is what the store's methods take: the local id, or the W&B sweep's full
+    ``entity/project/id`` (from ``ID``, ``project/ID`` or ``entity/project/ID`` and the options).
+    """
+    from .store import SQLiteStore, StoreError
+    from .wandb_backend import SweepPathError, WandbStore, full_path, sweep_path_from_env
 
     root_db = Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep") / "cvsweep.db"
-    if root_db.exists() and "/" not in sweep_id:
+    local_miss = None
+    if backend == "local":
+        store = local_store()
+        try:
+            store.get_sweep(sweep_id)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+        return "local", store, sweep_id
+    if backend is None and root_db.exists() and "/" not in sweep_id and not (project or entity):
         store = SQLiteStore()
         try:
             store.get_sweep(sweep_id)
-            return "local", store
+            return "local", store, sweep_id
         except StoreError as exc:
-            if not api_key_configured(settings()):
-                raise click.ClickException(str(exc)) from None
+            local_miss = str(exc)
     env = settings()
-    if not api_key_configured(env):
-        raise click.ClickException(f"no local sweep {sweep_id!r} in {root_db.parent} and no W&B API key "
-                                   "(set WANDB_API_KEY in .env) to look it up on W&B")
-    return "wandb", WandbStore(entity=entity or env.get("WANDB_ENTITY"), project=project or env.get("WANDB_PROJECT"))
+    try:
+        wandb_access(env, mode="online")  # reading W&B needs credentials, whatever mode runs use
+    except click.ClickException as exc:
+        raise click.ClickException(f"{local_miss or f'no local sweep {sweep_id!r} in {root_db.parent}'}; "
+                                   f"and to look it up on W&B: {exc.message}") from None
+    try:
+        path = sweep_path_from_env(sweep_id, project, entity, env)
+        store = WandbStore(project=path.project, entity=path.entity)
+        path = full_path(path, store.api)
+    except SweepPathError as exc:
+        raise click.UsageError(str(exc)) from None
+    return "wandb", store, str(path)
+
+
+def sweep_options(f):
+    """``--project`` / ``--entity`` for a command that takes a sweep (W&B sweeps only)."""
+    f = click.option("--entity", default=None, help="W&B entity of the sweep (or ENTITY/PROJECT/ID)")(f)
+    return click.option("--project", default=None, help="W&B project of the sweep (or PROJECT/ID; "
+                        "default WANDB_PROJECT, else cvsweep)")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """W&B Sweeps for timm image classifiers: online against W&B, or offline with a local controller."""
-    # The process boundary: a key kept in .env reaches wandb (and the workers we spawn)
-    # through this process's environment, never through a file or argv.
-    key = read_env_file(".env").get("WANDB_API_KEY")
-    if key and not os.environ.get("WANDB_API_KEY"):
-        os.environ["WANDB_API_KEY"] = key
+    # The process boundary: what .env says about reaching W&B gets to wandb (and the workers we
+    # spawn) through this process's environment, never through a file or argv. A `wandb login`
+    # key stays in ~/.netrc, where wandb finds it itself.
+    dotenv = read_env_file(".env")
+    for var in ("WANDB_API_KEY", "WANDB_BASE_URL"):
+        if dotenv.get(var) and not os.environ.get(var):
+            os.environ[var] = dotenv[var]
 
 
 # ---------------------------------------------------------------------------
@@ -147,10 +181,9 @@ def create(file, backend, project, entity):
         return
     from .wandb_backend import create_wandb_sweep
 
-    sweep_id = create_wandb_sweep(cfg, project=project, entity=entity)
-    click.echo(f"created W&B sweep {entity + '/' if entity else ''}{project}/{sweep_id}; run it with: "
-               f"cvsweep agent {sweep_id} --project {project}")
-    click.echo(sweep_id)
+    path = create_wandb_sweep(cfg, project=project, entity=entity)
+    click.echo(f"created W&B sweep {path}; run it with: cvsweep agent {path}  (or: wandb agent {path})")
+    click.echo(path.id)
 
 
 # ---------------------------------------------------------------------------
@@ -181,105 +214,142 @@ def _progress_printer(store, sweep_id: str):
 
 
 def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | None, count: int | None,
-               project: str | None = None, entity: str | None = None) -> int:
-    from .launcher import LaunchError, Launcher, build_specs, gpu_count, parse_gpus, plan_groups
+               project: str | None = None, entity: str | None = None, dry_run: bool = False, pin: bool = True,
+               backend: str | None = None) -> int:
+    """Plan the workers (GPUs this process may use, its cores), print the plan, then run it unless ``dry_run``."""
+    from cvtrain.system import Visible, visible_gpus
 
-    backend, store = open_sweep(sweep_id, project, entity)
+    from .launcher import (LaunchError, Launcher, allowed_cpus, build_specs, cpu_ranges, describe_visible, nvml_view,
+                           parse_gpus, plan_groups, plan_line)
+
+    backend, store, key = open_sweep(sweep_id, project, entity, backend)
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    cpus = allowed_cpus()
     try:
-        ids = parse_gpus(gpus, gpu_count())
-        if not ids and workers is None:
-            workers = 1 if gpus == "none" else min(2, os.cpu_count() or 1)
-        groups = plan_groups(ids, gpus_per_trial, workers)
+        use_gpus = (gpus or "all").strip().lower() != "none"
+        visible = visible_gpus(inherited, nvml_view()) if use_gpus else Visible([], [])
+        chosen = parse_gpus(gpus, visible, inherited)
+        if not chosen and workers is None:
+            workers = min(2, len(cpus)) if use_gpus else 1
+        groups = plan_groups(chosen, gpus_per_trial, workers)
     except LaunchError as exc:
         raise click.UsageError(str(exc)) from None
     state_dir = str(Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep").resolve())
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    specs = build_specs(sweep_id, backend, groups, env, state_dir, count, project, entity)
-    where = ", ".join(f"w{s.slot}: GPU {','.join(map(str, s.gpus))}" if s.gpus else f"w{s.slot}: CPU "
-                      f"({s.env['OMP_NUM_THREADS']} threads)" for s in specs)
-    click.echo(f"sweep {sweep_id} ({backend}): {len(specs)} worker(s) — {where}")
-    progress = _progress_printer(store, sweep_id) if backend == "local" else None
+    if "CVTRAIN_NUM_WORKERS" in (user := settings()):  # the user's loader count (.env too) beats our sizing
+        env.setdefault("CVTRAIN_NUM_WORKERS", user["CVTRAIN_NUM_WORKERS"])
+    # W&B workers get the sweep's full entity/project/id as their sweep id
+    specs = build_specs(key, backend, groups, env, state_dir, count, cpus=cpus, pin=pin)
+    # The plan: one line per worker on stdout; where it came from on stderr.
+    for line in describe_visible(visible, inherited) if use_gpus else []:
+        click.echo(line, err=True)
+    click.echo(f"sweep {key} ({backend}): {len(specs)} worker(s) on cpus {cpu_ranges(cpus)}"
+               + (" — dry run, nothing started" if dry_run else ""), err=True)
+    for s in specs:
+        click.echo(plan_line(s))
+    if dry_run:
+        return 0
+    progress = _progress_printer(store, key) if backend == "local" else None
     code = Launcher(specs, progress=progress, echo=click.echo).run()
     if backend == "local":
-        sweep = store.get_sweep(sweep_id)
-        click.echo(f"sweep {sweep_id}: {sweep.state}" + (f" ({sweep.finished_reason})" if sweep.finished_reason else ""))
+        sweep = store.get_sweep(key)
+        click.echo(f"sweep {key}: {sweep.state}" + (f" ({sweep.finished_reason})" if sweep.finished_reason else ""))
     return code
 
 
 @cli.command()
 @click.argument("sweep_id")
-@click.option("--gpus", default="all", show_default=True, help="all | none | comma-separated indices")
+@click.option("--gpus", default="all", show_default=True,
+              help="all: the GPUs this process may use (CUDA_VISIBLE_DEVICES as SLURM or a container set it, else "
+                   "every GPU) | none | indices into that list, as torch numbers them, e.g. 0,2")
 @click.option("--gpus-per-trial", default=1, show_default=True)
 @click.option("--workers", type=int, default=None, help="worker processes (default: one per GPU group; "
               "without GPUs, up to 2 CPU workers)")
 @click.option("--count", type=int, default=None, help="trials per worker before it exits")
-@click.option("--project", default=None)
-@click.option("--entity", default=None)
-def agent(sweep_id, gpus, gpus_per_trial, workers, count, project, entity):
-    """Run SWEEP_ID's trials: one worker per GPU group, restarted if it dies."""
-    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity))
+@click.option("--backend", type=click.Choice(["local", "wandb"]), default=None,
+              help="default: local when the local store has SWEEP_ID, else W&B")
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="confine each worker to its share of the cores this process may use")
+@click.option("--dry-run", is_flag=True, help="print the plan, one line per worker, and start nothing")
+@sweep_options
+def agent(sweep_id, gpus, gpus_per_trial, workers, count, backend, pin, dry_run, project, entity):
+    """Run SWEEP_ID's trials (ID, PROJECT/ID or ENTITY/PROJECT/ID): one worker per GPU group, restarted if it dies.
+
+    SIGTERM/SIGINT preempt the running trials (checkpointed; marked preempting on W&B, which
+    requeues them) and the command exits 143."""
+    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity, dry_run=dry_run, pin=pin,
+                        backend=backend))
 
 
 @cli.command()
 @click.argument("sweep_id")
-def status(sweep_id):
+@sweep_options
+def status(sweep_id, project, entity):
     """Show a sweep's state and trial counts."""
-    backend, store = open_sweep(sweep_id)
-    sweep = store.get_sweep(sweep_id)
-    trials = store.list_trials(sweep_id)
+    backend, store, key = open_sweep(sweep_id, project, entity)
+    sweep = store.get_sweep(key)
+    trials = store.list_trials(key)
     counts: dict = {}
     for t in trials:
-        key = "stopped early" if t.stopped else t.state
-        counts[key] = counts.get(key, 0) + 1
-    click.echo(f"sweep {sweep.id} ({backend}) {sweep.name or ''}: {sweep.state}"
+        k = "stopped early" if t.stopped else t.state
+        counts[k] = counts.get(k, 0) + 1
+    where = key if backend == "wandb" else sweep.id
+    click.echo(f"sweep {where} ({backend}) {sweep.name or ''}: {sweep.state}"
                + (f" ({sweep.finished_reason})" if sweep.finished_reason else ""))
     click.echo(f"method {sweep.config.get('method')}, metric {sweep.metric_name} ({sweep.goal}), "
                f"run_cap {sweep.config.get('run_cap')}")
     click.echo("trials: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet"))
 
 
-def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...]):
-    backend, store = open_sweep(sweep_id)
+def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...], project=None, entity=None):
+    backend, store, key = open_sweep(sweep_id, project, entity)
     if backend != "local":
-        from .wandb_backend import set_wandb_sweep_state
+        from .wandb_backend import parse_sweep_path, set_wandb_sweep_state
 
-        set_wandb_sweep_state(sweep_id, state)
-        click.echo(f"W&B sweep {sweep_id}: {state}")
+        try:
+            set_wandb_sweep_state(parse_sweep_path(key), state)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"W&B sweep {key}: {state}")
         return
-    sweep = store.get_sweep(sweep_id)
+    sweep = store.get_sweep(key)
     if sweep.state not in allowed_from:
-        raise click.ClickException(f"sweep {sweep_id} is {sweep.state}; cannot go to {state}")
-    store.set_sweep_state(sweep_id, state, None if state in ("running", "paused") else f"{state} by user")
-    click.echo(f"sweep {sweep_id}: {state}")
+        raise click.ClickException(f"sweep {key} is {sweep.state}; cannot go to {state}")
+    store.set_sweep_state(key, state, None if state in ("running", "paused") else f"{state} by user")
+    click.echo(f"sweep {key}: {state}")
 
 
 @cli.command()
 @click.argument("sweep_id")
-def pause(sweep_id):
+@sweep_options
+def pause(sweep_id, project, entity):
     """Stop handing out new trials (running ones go on); agents wait."""
-    _set_state(sweep_id, "paused", ("running",))
+    _set_state(sweep_id, "paused", ("running",), project, entity)
 
 
 @cli.command()
 @click.argument("sweep_id")
-def resume(sweep_id):
+@sweep_options
+def resume(sweep_id, project, entity):
     """Hand out trials again after pause."""
-    _set_state(sweep_id, "running", ("paused",))
+    _set_state(sweep_id, "running", ("paused",), project, entity)
 
 
 @cli.command()
 @click.argument("sweep_id")
-def stop(sweep_id):
+@sweep_options
+def stop(sweep_id, project, entity):
     """Finish the sweep: no new trials; running trials complete; agents exit."""
-    _set_state(sweep_id, "finished", ("running", "paused"))
+    _set_state(sweep_id, "finished", ("running", "paused"), project, entity)
 
 
 @cli.command()
 @click.argument("sweep_id")
-def cancel(sweep_id):
-    """Cancel the sweep: running trials stop at their next epoch, marked killed."""
-    _set_state(sweep_id, "cancelled", ("running", "paused", "finished"))
+@sweep_options
+def cancel(sweep_id, project, entity):
+    """Cancel the sweep: running trials stop (on W&B: stopped by the server), marked accordingly."""
+    _set_state(sweep_id, "cancelled", ("running", "paused", "finished"), project, entity)
 
 
 # ---------------------------------------------------------------------------
@@ -289,7 +359,8 @@ def cancel(sweep_id):
 @click.option("--limit", type=int, default=None)
 @click.option("--latest", is_flag=True, help="newest first")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def runs(sweep_id, states, limit, latest, fmt):
+@sweep_options
+def runs(sweep_id, states, limit, latest, fmt, project, entity):
     """List a sweep's trials (every local sweep's without SWEEP_ID)."""
     from .queries import get_latest_runs, get_runs
 
@@ -297,22 +368,23 @@ def runs(sweep_id, states, limit, latest, fmt):
         store = local_store()
         ids = [s.id for s in store.list_sweeps()]
     else:
-        _, store = open_sweep(sweep_id)
-        ids = [sweep_id]
+        _, store, key = open_sweep(sweep_id, project, entity)
+        ids = [key]
     rows = []
     for sid in ids:
         trials = (get_latest_runs(store, sid, limit or 10**9, tuple(states) or None) if latest
                   else get_runs(store, sid, tuple(states) or None, limit))
         rows += trials
     if fmt == "json":
-        click.echo(json.dumps([{"sweep": t.sweep_id, "run": t.name, "state": t.state, "metric": t.metric,
-                                "stopped": t.stopped, "config": t.params, "error": t.error} for t in rows], indent=2))
+        click.echo(json.dumps([{"sweep": t.sweep_id, "run": t.name, "run_id": t.run_id, "state": t.state,
+                                "metric": t.metric, "stopped": t.stopped, "config": t.params, "error": t.error,
+                                "stop_reason": t.stop_reason} for t in rows], indent=2))
         return
     for t in rows:
         m = f"{t.metric:.4f}" if t.metric is not None else "-"
         extra = t.stop_reason if t.stopped else (t.error or "")
-        click.echo(f"{t.sweep_id}  {t.name:<24} {t.state + ('*' if t.stopped else ''):<10} {m:>8}  "
-                   f"{json.dumps(t.params, sort_keys=True)}  {extra}")
+        click.echo(f"{t.sweep_id}  {t.run_id or '':<10} {t.name:<24} {t.state + ('*' if t.stopped else ''):<10} "
+                   f"{m:>8}  {json.dumps(t.params, sort_keys=True)}  {extra}")
 
 
 @cli.command("leaderboard")
@@ -320,22 +392,24 @@ def runs(sweep_id, states, limit, latest, fmt):
 @click.option("--top", type=int, default=10, show_default=True)
 @click.option("--metric", default=None, help="default: the sweep's metric")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table")
-@click.option("--write-back", is_flag=True, help="log the table to W&B (offline run for local sweeps) and record ranks")
-def leaderboard_cmd(sweep_id, top, metric, fmt, write_back):
+@click.option("--write-back", is_flag=True, help="log the table to the sweep's one sweep-summary W&B run "
+              "(an offline run for local sweeps) and record ranks")
+@sweep_options
+def leaderboard_cmd(sweep_id, top, metric, fmt, write_back, project, entity):
     """The best trials of a sweep, best first."""
     from .queries import format_leaderboard, leaderboard
 
-    backend, store = open_sweep(sweep_id)
+    backend, store, key = open_sweep(sweep_id, project, entity)
     try:
-        rows = leaderboard(store, sweep_id, metric=metric, top=top)
+        rows = leaderboard(store, key, metric=metric, top=top)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_leaderboard(rows, fmt))
     if write_back:
         from .wandb_backend import write_back_leaderboard
 
-        full = leaderboard(store, sweep_id, metric=metric)
-        where = write_back_leaderboard(store, store.get_sweep(sweep_id), full, backend, settings())
+        full = leaderboard(store, key, metric=metric)
+        where = write_back_leaderboard(store, store.get_sweep(key), full, backend)
         click.echo(f"leaderboard written back: {where}", err=True)
 
 
@@ -344,43 +418,46 @@ def leaderboard_cmd(sweep_id, top, metric, fmt, write_back):
 @click.option("--dry-run", is_flag=True, help="list what would be uploaded")
 def sync(sweep_id, dry_run):
     """Upload a local sweep's offline runs to W&B (grouped by sweep id) with `wandb sync`."""
-    backend, store = open_sweep(sweep_id)
+    if "/" in sweep_id:
+        raise click.ClickException(f"{sweep_id} is a W&B sweep path: its runs are online already")
+    backend, store, key = open_sweep(sweep_id)
     if backend != "local":
         raise click.ClickException(f"{sweep_id} is a W&B sweep: its runs are online already")
-    sweep = store.get_sweep(sweep_id)
-    root = store.root / "sweeps" / sweep_id
+    sweep = store.get_sweep(key)
+    root = store.root / "sweeps" / key
     dirs = sorted(str(p) for p in root.glob("**/wandb/offline-run-*") if p.is_dir())
     if not dirs:
         raise click.ClickException(f"no offline runs under {root}")
-    click.echo(f"{len(dirs)} offline run(s) of sweep {sweep_id}")
-    env = settings()
+    click.echo(f"{len(dirs)} offline run(s) of sweep {key}")
     if dry_run:
         click.echo("\n".join(dirs))
         return
-    if not api_key_configured(env):
-        raise click.ClickException("no W&B API key: put WANDB_API_KEY=... in .env (see .env.template) on a machine "
-                                   f"with network, then run `cvsweep sync {sweep_id}` again. Nothing was uploaded.")
-    child = dict(os.environ)
-    child["WANDB_API_KEY"] = env["WANDB_API_KEY"]  # to the child only
+    try:
+        wandb_access(settings(), mode="online")
+    except click.ClickException as exc:
+        raise click.ClickException(f"{exc.message}. Do that on a machine with network, then run "
+                                   f"`cvsweep sync {key}` again. Nothing was uploaded.") from None
+    # The child finds the key where wandb looks (this environment, .env's put here, ~/.netrc).
     cmd = [sys.executable, "-m", "wandb", "sync", "--project", sweep.project or "cvsweep"]
     if sweep.entity:
         cmd += ["--entity", sweep.entity]
-    proc = subprocess.run(cmd + dirs, env=child)
+    proc = subprocess.run(cmd + dirs, env=dict(os.environ))
     if proc.returncode != 0:
         raise click.ClickException(f"`wandb sync` failed (exit {proc.returncode}): is W&B reachable from here?")
-    click.echo(f"synced {len(dirs)} run(s) to {sweep.project}, grouped as {sweep_id}")
+    click.echo(f"synced {len(dirs)} run(s) to {sweep.project}, grouped as {key}")
 
 
 @cli.command()
 @click.argument("sweep_id")
 @click.option("-o", "--output", default=None, help="default: report-SWEEP_ID.html")
 @click.option("--top", type=int, default=20, show_default=True, help="trials in the leaderboard table")
-def report(sweep_id, output, top):
+@sweep_options
+def report(sweep_id, output, top, project, entity):
     """Write one self-contained HTML page for a sweep (opens from disk, no network)."""
     from .report import write_report
 
-    _, store = open_sweep(sweep_id)
-    path = write_report(store, sweep_id, output or f"report-{sweep_id}.html", top=top)
+    _, store, key = open_sweep(sweep_id, project, entity)
+    path = write_report(store, key, output or f"report-{key.rsplit('/', 1)[-1]}.html", top=top)
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
@@ -393,8 +470,7 @@ def report(sweep_id, output, top):
 @click.option("--workers", type=int, default=None)
 @click.option("--seed", default=0, show_default=True, help="seed of the folds (shared by every configuration)")
 @click.option("-o", "--output", default="submission.csv", show_default=True)
-@click.option("--project", default=None)
-@click.option("--entity", default=None)
+@sweep_options
 def finalize(sweep_id, top, folds, tta, gpus, workers, seed, output, project, entity):
     """Retrain SWEEP_ID's top configurations on K folds of all the data; ensemble; write a submission.
 
@@ -415,10 +491,10 @@ def run_finalize(sweep_id: str, top: int, folds: int, tta: list | None, gpus: st
         write_outputs
     from .wandb_backend import log_submission
 
-    backend, parent_store = open_sweep(sweep_id, project, entity)
-    parent = parent_store.get_sweep(sweep_id)
+    backend, parent_store, key = open_sweep(sweep_id, project, entity)
+    parent = parent_store.get_sweep(key)
     try:
-        finalists = select_finalists(parent_store, sweep_id, top)
+        finalists = select_finalists(parent_store, key, top)
         config = finalize_config(parent, finalists, folds, tta, seed)
     except FinalizeError as exc:
         raise click.ClickException(str(exc)) from None
@@ -477,7 +553,7 @@ def demo(data_dir, sweep_file, gpus, workers):
     rows = leaderboard(store, sweep.id)
     click.echo("\n" + format_leaderboard(rows[:10], "table"))
     if rows:
-        where = write_back_leaderboard(store, store.get_sweep(sweep.id), rows, "local", settings())
+        where = write_back_leaderboard(store, store.get_sweep(sweep.id), rows, "local")
         click.echo(f"\nleaderboard logged to the offline W&B run in {where}")
         click.echo(f"\nfinalize: the top 2 configurations retrained on 3 folds of all the data, ensembled "
                    f"(`cvsweep finalize {sweep.id} --top 2 --folds 3`)")

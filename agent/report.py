@@ -27,7 +27,7 @@ class ReportData:
     sweep: Sweep
     trials: list[Trial]
     rows: list[dict]                      # leaderboard, best first
-    curves: dict[str, list[dict]] = field(default_factory=dict)   # trial name -> per-epoch metrics
+    curves: dict[str, list[dict]] = field(default_factory=dict)   # run id -> per-epoch metrics
     best_files: dict = field(default_factory=dict)                # confusion matrix, per-class report
     final: dict | None = None             # `cvsweep finalize` results (final.json), when there are any
 
@@ -47,12 +47,13 @@ def collect(store: RunStore, sweep_id: str, curves_for: int = 10) -> ReportData:
     trials = store.list_trials(sweep_id)
     rows = leaderboard(store, sweep_id) if sweep.metric_name else []
     data = ReportData(sweep, trials, rows)
-    by_name = {t.name: t for t in trials}
-    wanted = [r["run"] for r in rows[:curves_for]] + [t.name for t in trials if t.stopped][:20]
-    for name in dict.fromkeys(wanted):
-        data.curves[name] = store.epoch_history(by_name[name])
+    by_id = {t.run_id: t for t in trials}   # display names repeat on W&B; run ids do not
+    wanted = [r["run_id"] for r in rows[:curves_for]] + [t.run_id for t in trials if t.stopped][:20]
+    for run_id in dict.fromkeys(wanted):
+        data.curves[run_id] = store.epoch_history(by_id[run_id])
     if rows:
-        out_dir = by_name[rows[0]["run"]].output_dir or by_name[rows[0]["run"]].summary.get("output_dir")
+        best = by_id[rows[0]["run_id"]]
+        out_dir = best.output_dir or best.summary.get("output_dir")
         if out_dir:
             for key, fname in (("confusion", "confusion_matrix.json"), ("per_class", "per_class.json")):
                 p = Path(out_dir) / fname
@@ -237,11 +238,11 @@ def build_html(data: ReportData, top: int = 20) -> str:
     # -- header -------------------------------------------------------------
     counts = _state_counts(trials)
     best = rows[0] if rows else None
-    by_name = {t.name: t for t in trials}
+    by_id = {t.run_id: t for t in trials}
     when = ""
     if best:
-        bt = by_name[best["run"]]
-        order = [t.name for t in trials].index(best["run"]) + 1
+        bt = by_id[best["run_id"]]
+        order = [t.run_id for t in trials].index(best["run_id"]) + 1
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(bt.finished_at)) if bt.finished_at else "?"
         when = f"trial {order} of {len(trials)}, {stamp}"
     page.add(f"<h1>Sweep {html.escape(sweep.name or sweep.id)}</h1>"
@@ -293,7 +294,7 @@ def build_html(data: ReportData, top: int = 20) -> str:
         page.note(f"No trial logged {metric}.")
     page.add("<h2>Learning curves</h2>")
     if any(data.curves.values()):
-        page.figure(_curves(data.curves, by_name, metric), "learning-curves")
+        page.figure(_curves(data.curves, by_id, metric), "learning-curves")
     else:
         page.note("No per-epoch history recorded yet.")
 
@@ -413,17 +414,18 @@ def _scatter(trials: list[Trial], metric: str, goal: str):
     return fig.update_layout(xaxis_title="trial (creation order)", yaxis_title=metric, height=400)
 
 
-def _curves(curves: dict[str, list[dict]], by_name: dict[str, Trial], metric: str):
+def _curves(curves: dict[str, list[dict]], by_id: dict[str, Trial], metric: str):
     import plotly.graph_objects as go
 
     fig = go.Figure()
     stop_x, stop_y, stop_names = [], [], []
-    for name, hist in curves.items():
+    for run_id, hist in curves.items():
         pts = [(h.get("epoch", i + 1), h.get("val_f1", h.get(metric))) for i, h in enumerate(hist)]
         pts = [(e, v) for e, v in pts if is_finite_number(v)]
         if not pts:
             continue
-        t = by_name[name]
+        t = by_id[run_id]
+        name = t.name
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name,
                                  opacity=0.45 if t.stopped else 1.0))
         if t.stopped:

@@ -1,4 +1,5 @@
-"""Run stores: one interface, two backends (SQLite for the local controller, W&B's public API).
+"""Run stores: one interface, two backends (SQLite here for the local controller; W&B's public
+API in :mod:`agent.wandb_backend`, with the rest of the W&B code).
 
 Contract of :class:`RunStore`:
 - ``list_trials(sweep_id)`` returns :class:`Trial` records, oldest first; a record
@@ -17,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 SCHEMA_VERSION = 1
 TERMINAL = ("finished", "failed", "crashed", "killed")
@@ -90,6 +91,7 @@ class RunStore(ABC):
         """The metrics the trainer logged per epoch (``epoch``, ``val_f1``, ...), in order."""
 
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
+        """Record leaderboard ranks by run id; every other trial of the sweep loses its old rank."""
         raise NotImplementedError
 
 
@@ -276,97 +278,5 @@ class SQLiteStore(RunStore):
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
         with self.transaction() as c:
             c.execute("UPDATE trials SET rank=NULL WHERE sweep_id=?", (sweep_id,))
-            c.executemany("UPDATE trials SET rank=? WHERE sweep_id=? AND name=?",
-                          [(r, sweep_id, n) for n, r in ranks.items()])
-
-
-# ---------------------------------------------------------------------------
-_WANDB_STATE = {"finished": "finished", "failed": "failed", "crashed": "crashed", "killed": "killed",
-                "running": "running", "preempted": "preempted", "preempting": "running", "pending": "pending"}
-
-
-class WandbStore(RunStore):
-    """Reads sweeps and runs through ``wandb.Api`` (W&B cloud or a self-hosted W&B Server).
-
-    ``api`` is injectable: tests pass objects shaped like wandb's public API.
-    """
-
-    def __init__(self, api=None, entity: str | None = None, project: str | None = None):
-        if api is None:
-            import wandb
-
-            api = wandb.Api()
-        self.api = api
-        self.entity = entity
-        self.project = project
-        self._runs: dict = {}  # run id -> public-API run, from the last listing
-
-    def path(self, sweep_id: str) -> str:
-        if sweep_id.count("/") == 2:
-            return sweep_id
-        parts = [p for p in (self.entity, self.project) if p]
-        return "/".join([*parts, sweep_id])
-
-    def get_sweep(self, sweep_id: str) -> Sweep:
-        s = self.api.sweep(self.path(sweep_id))
-        cfg = dict(s.config)
-        return Sweep(id=s.id, config=cfg, state=str(getattr(s, "state", "running")).lower(),
-                     name=cfg.get("name") or getattr(s, "name", None), project=getattr(s, "project", None),
-                     entity=getattr(s, "entity", None), backend="wandb")
-
-    def list_trials(self, sweep_id=None, states=None) -> list[Trial]:
-        s = self.api.sweep(self.path(sweep_id))
-        metric = (s.config.get("metric") or {}).get("name")
-        out = []
-        for r in s.runs:
-            summary = _plain_summary(r.summary)
-            params = {k: v for k, v in dict(r.config).items() if not k.startswith("_")}
-            sweep_params = s.config.get("parameters", {})
-            if sweep_params:
-                params = {k: v for k, v in params.items() if k in sweep_params}
-            state = _WANDB_STATE.get(r.state, r.state)
-            m = summary.get(metric) if metric else None
-            self._runs[r.id] = r
-            out.append(Trial(sweep_id=s.id, name=r.name, state=state, params=params, run_id=r.id, summary=summary,
-                             metric=m if isinstance(m, (int, float)) else None, rank=summary.get("sweep_rank"),
-                             created_at=_ts(getattr(r, "created_at", None)), error=summary.get("reason"),
-                             stopped=summary.get("state") == "stopped", output_dir=dict(r.config).get("output_dir")))
-        out.sort(key=lambda t: (t.created_at or 0))
-        if states:
-            out = [t for t in out if t.state in states]
-        return out
-
-    def epoch_history(self, trial: Trial) -> list[dict]:
-        run = self._runs.get(trial.run_id)
-        if run is None:
-            return []
-        rows = run.history(samples=10000, pandas=False)
-        return [r for r in rows if r.get("epoch") is not None]
-
-    def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
-        s = self.api.sweep(self.path(sweep_id))
-        for r in s.runs:
-            if r.name in ranks:
-                r.summary["sweep_rank"] = ranks[r.name]
-                r.update()
-
-
-def _plain_summary(summary) -> dict:
-    try:
-        items = dict(summary).items()
-    except (TypeError, ValueError):
-        items = getattr(summary, "_json_dict", {}).items()
-    return {k: v for k, v in items if not k.startswith("_") or k in ("_runtime", "_timestamp")}
-
-
-def _ts(value) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+            c.executemany("UPDATE trials SET rank=? WHERE sweep_id=? AND run_id=?",
+                          [(r, sweep_id, run_id) for run_id, r in ranks.items()])

@@ -1,36 +1,253 @@
-"""The thin W&B side: register a sweep, change its state, write a leaderboard back.
+"""Everything cvsweep does with a W&B server, in one place.
 
-Everything goes through wandb's own client; tests replace it at that boundary.
+- :class:`SweepPath` / :func:`parse_sweep_path`: ``ID``, ``project/ID`` or ``entity/project/ID``
+  (as ``wandb agent`` takes them) plus ``--project/--entity``; every call below gets the full path.
+- :class:`WandbStore`: the run-store interface over ``wandb.Api`` (read side, ranks).
+- :func:`create_wandb_sweep`, :func:`set_wandb_sweep_state`: register a sweep, change its state
+  through W&B's own ``wandb sweep`` verbs.
+- :func:`write_back_leaderboard`: one ``sweep-summary`` run per sweep, resumed by a stable id.
+- :func:`log_submission`: the ``finalize`` run with the submission as an artifact.
+- :func:`wandb_worker`: a worker that runs a W&B sweep's trials in-process with ``wandb.agent``.
+
+The key is never passed around here: wandb finds it itself (environment, ``~/.netrc``, settings).
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping, Optional
 
-from .store import RunStore, Sweep
+from .store import RunStore, Sweep, Trial
+
+log = logging.getLogger("cvsweep.wandb")
+
+DEFAULT_PROJECT = "cvsweep"
 
 
-def create_wandb_sweep(cfg: dict, project: str, entity: str | None = None, sweep_fn=None) -> str:
-    """``wandb.sweep``: the W&B server becomes the controller. Returns the sweep id.
+class SweepPathError(ValueError):
+    pass
 
-    The key reaches wandb through the environment the CLI set up (never ``wandb.login``,
-    which may write it to ~/.netrc).
+
+# ---------------------------------------------------------------------------
+# Sweep paths
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepPath:
+    project: str
+    id: str
+    entity: Optional[str] = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.entity, self.project, self.id) if p)
+
+
+def parse_sweep_path(text: str, project: str | None = None, entity: str | None = None,
+                     default_project: str | None = None) -> SweepPath:
+    """``ID`` | ``project/ID`` | ``entity/project/ID``, with ``--project``/``--entity`` filling the gaps.
+
+    An option that disagrees with the path is an error rather than a silent choice.
     """
+    parts = [p.strip() for p in str(text).strip().strip("/").split("/")]
+    if not parts or not all(parts) or len(parts) > 3:
+        raise SweepPathError(f"sweep {text!r}: expected ID, PROJECT/ID or ENTITY/PROJECT/ID")
+    sid = parts[-1]
+    p_project = parts[-2] if len(parts) >= 2 else None
+    p_entity = parts[-3] if len(parts) == 3 else None
+    for name, given, opt in (("project", p_project, project), ("entity", p_entity, entity)):
+        if given and opt and given != opt:
+            raise SweepPathError(f"sweep {text!r} names {name} {given!r} but --{name} says {opt!r}")
+    proj = p_project or project or default_project
+    if not proj:
+        raise SweepPathError(f"sweep {text!r}: no project; give PROJECT/ID, --project or WANDB_PROJECT")
+    return SweepPath(project=proj, id=sid, entity=p_entity or entity or None)
+
+
+def sweep_path_from_env(text: str, project: str | None, entity: str | None, env: Mapping[str, str]) -> SweepPath:
+    """:func:`parse_sweep_path` with WANDB_PROJECT / WANDB_ENTITY (then ``cvsweep``) as defaults."""
+    return parse_sweep_path(text, project, entity or env.get("WANDB_ENTITY") or None,
+                            default_project=env.get("WANDB_PROJECT") or DEFAULT_PROJECT)
+
+
+def full_path(path: SweepPath, api=None) -> SweepPath:
+    """The path with its entity: the viewer's default entity when none was given."""
+    if path.entity:
+        return path
+    api = api or _api()
+    entity = api.default_entity
+    if not entity:
+        raise SweepPathError(f"sweep {path}: no entity given and W&B reports no default entity; "
+                             "give ENTITY/PROJECT/ID or --entity")
+    return SweepPath(path.project, path.id, entity)
+
+
+def _api():
     import wandb
 
-    return (sweep_fn or wandb.sweep)(sweep=cfg, project=project, entity=entity)
+    return wandb.Api()
 
 
-def set_wandb_sweep_state(sweep_id: str, state: str, runner=None) -> None:
-    """pause / resume / stop / cancel through W&B's own CLI verbs."""
-    import subprocess
-    import sys
-
-    verb = {"paused": "--pause", "running": "--resume", "finished": "--stop", "cancelled": "--cancel"}[state]
-    (runner or subprocess.run)([sys.executable, "-m", "wandb", "sweep", verb, sweep_id], check=True)
+# ---------------------------------------------------------------------------
+# Read side: the run store over wandb.Api
+# ---------------------------------------------------------------------------
+_WANDB_STATE = {"finished": "finished", "failed": "failed", "crashed": "crashed", "killed": "killed",
+                "running": "running", "preempted": "preempted", "preempting": "running", "pending": "pending"}
 
 
-def write_back_leaderboard(store: RunStore, sweep: Sweep, rows: list[dict], backend: str, env: dict) -> str:
-    """Log the leaderboard as a W&B Table on a summary run grouped with the sweep; record ranks.
+class WandbStore(RunStore):
+    """Reads a W&B sweep and its runs through ``wandb.Api`` (W&B cloud or a W&B Server).
+
+    Sweep ids may be any form :func:`parse_sweep_path` accepts; ``project``/``entity`` fill gaps.
+    Runs are keyed by run id (display names repeat).
+    """
+
+    def __init__(self, project: str | None = None, entity: str | None = None, api=None):
+        self._api_obj = api
+        self.project = project or DEFAULT_PROJECT
+        self.entity = entity
+        self._runs: dict = {}  # run id -> public-API run, from the last listing
+
+    @property
+    def api(self):
+        if self._api_obj is None:
+            self._api_obj = _api()
+        return self._api_obj
+
+    def path(self, sweep_id: str) -> SweepPath:
+        return full_path(parse_sweep_path(sweep_id, None, None, default_project=self.project)
+                         if "/" in str(sweep_id) else SweepPath(self.project, str(sweep_id), self.entity), self.api)
+
+    def _sweep(self, sweep_id: str):
+        return self.api.sweep(str(self.path(sweep_id)))
+
+    def _sweep_runs(self, sweep) -> list:
+        """The sweep's runs, oldest first: whole runs (config, summary) in pages of 100. ``sweep.runs``
+        pages by 10 and loads each run's config and summary with a request of its own."""
+        return list(self.api.runs(f"{sweep.entity}/{sweep.project}", filters={"sweep": sweep.id},
+                                  order="+created_at", per_page=100, lazy=False))
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        s = self._sweep(sweep_id)
+        cfg = dict(s.config)
+        return Sweep(id=s.id, config=cfg, state=_sweep_state(getattr(s, "state", None)),
+                     name=cfg.get("name") or getattr(s, "name", None), project=s.project, entity=s.entity,
+                     backend="wandb")
+
+    def list_trials(self, sweep_id=None, states=None, with_history: bool = True) -> list[Trial]:
+        s = self._sweep(sweep_id)
+        cfg = dict(s.config)
+        metric = (cfg.get("metric") or {}).get("name")
+        sweep_params = cfg.get("parameters") or {}
+        out = []
+        for r in self._sweep_runs(s):
+            summary = plain(r.summary)
+            config = plain(r.config)
+            params = {k: v for k, v in config.items() if not k.startswith("_")}
+            if sweep_params:
+                params = {k: v for k, v in params.items() if k in sweep_params}
+            state = _WANDB_STATE.get(str(r.state).lower(), str(r.state).lower())
+            m = summary.get(metric) if metric else None
+            stopped = summary.get("stopped") is True or summary.get("state") == "stopped"
+            reason = summary.get("reason")
+            self._runs[r.id] = r
+            out.append(Trial(
+                sweep_id=s.id, name=r.name, state=state, params=params, run_id=r.id, summary=summary,
+                metric=m if isinstance(m, (int, float)) and not isinstance(m, bool) else None,
+                rank=summary.get("sweep_rank"), created_at=_ts(getattr(r, "created_at", None)),
+                error=reason if state in ("failed", "crashed") or summary.get("state") == "failed" else None,
+                stopped=stopped, stop_reason=reason if stopped else None, output_dir=config.get("output_dir")))
+        out.sort(key=lambda t: (t.created_at or 0, t.run_id or ""))
+        if states:
+            out = [t for t in out if t.state in states]
+        return out
+
+    def epoch_history(self, trial: Trial) -> list[dict]:
+        run = self._runs.get(trial.run_id)
+        if run is None:
+            return []
+        rows = run.history(samples=10000, pandas=False)
+        return [r for r in rows if r.get("epoch") is not None]
+
+    def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
+        """``ranks`` by run id; every other run of the sweep loses a rank it held before."""
+        for r in self._sweep_runs(self._sweep(sweep_id)):
+            old = plain(r.summary).get("sweep_rank")
+            new = ranks.get(r.id)
+            if old == new:
+                continue
+            if new is None:
+                del r.summary["sweep_rank"]
+            else:
+                r.summary["sweep_rank"] = new
+            r.summary.update()  # the summary only: config and tags stay as the trainer wrote them
+
+
+def plain(value):
+    """wandb's summary/config objects (HTTPSummary, SummarySubDict) as plain dicts, all the way down."""
+    if isinstance(value, (str, bytes, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
+        return {str(k): plain(value[k]) for k in list(value.keys())}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def _sweep_state(state) -> str:
+    s = str(state or "running").lower()
+    return {"canceled": "cancelled"}.get(s, s)
+
+
+def _ts(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    from datetime import datetime, timezone
+
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+# ---------------------------------------------------------------------------
+# Write side
+# ---------------------------------------------------------------------------
+def create_wandb_sweep(cfg: dict, project: str, entity: str | None = None) -> SweepPath:
+    """``wandb.sweep``: the W&B server becomes the controller. Returns the sweep's full path."""
+    import wandb
+
+    sweep_id = wandb.sweep(sweep=cfg, project=project, entity=entity)
+    return full_path(SweepPath(project, sweep_id, entity))
+
+
+_STATE_VERBS = {"paused": "--pause", "running": "--resume", "finished": "--stop", "cancelled": "--cancel"}
+
+
+def set_wandb_sweep_state(path: SweepPath, state: str, env: Mapping[str, str] | None = None) -> None:
+    """pause / resume / stop / cancel through W&B's own CLI, with the sweep's full path."""
+    cmd = [sys.executable, "-m", "wandb", "sweep", _STATE_VERBS[state], str(full_path(path))]
+    proc = subprocess.run(cmd, env=dict(os.environ if env is None else env), capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"`wandb sweep {_STATE_VERBS[state]} {cmd[-1]}` failed: {' / '.join(tail)}")
+
+
+def summary_run_id(sweep_id: str) -> str:
+    """The stable W&B run id of a sweep's ``sweep-summary`` run: every write-back resumes it."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{sweep_id}-summary")[:64]
+
+
+def write_back_leaderboard(store: RunStore, sweep: Sweep, rows: list[dict], backend: str) -> str:
+    """Log the leaderboard as a W&B Table on the sweep's one ``sweep-summary`` run; record ranks by run id.
 
     Local sweeps get an offline run under the sweep's directory (``cvsweep sync`` uploads it).
     """
@@ -39,28 +256,28 @@ def write_back_leaderboard(store: RunStore, sweep: Sweep, rows: list[dict], back
     from .queries import param_columns
 
     params = param_columns(rows)
-    columns = ["rank", "run", "state", rows[0]["metric_name"] if rows else "metric", "stopped", *params]
-    data = [[r["rank"], r["run"], r["state"], r["metric"], r["stopped"],
+    columns = ["rank", "run", "run_id", "state", rows[0]["metric_name"] if rows else "metric", "stopped", *params]
+    data = [[r["rank"], r["run"], r["run_id"], r["state"], r["metric"], r["stopped"],
              *[_cell(r["config"].get(p)) for p in params]] for r in rows]
-    mode = "online" if backend == "wandb" else "offline"
-    settings = {"silent": True}
-    if backend == "wandb" and env.get("WANDB_API_KEY"):
-        settings["api_key"] = env["WANDB_API_KEY"]
-    kwargs = dict(project=sweep.project or "cvsweep", entity=sweep.entity, group=sweep.id, job_type="sweep-summary",
-                  name=f"{sweep.name or sweep.id}-leaderboard", mode=mode, tags=["cvsweep", f"sweep-{sweep.id}"],
+    kwargs = dict(project=sweep.project or DEFAULT_PROJECT, entity=sweep.entity, group=sweep.id,
+                  job_type="sweep-summary", id=summary_run_id(sweep.id), resume="allow",
+                  name=f"{sweep.name or sweep.id}-leaderboard", mode="online" if backend == "wandb" else "offline",
+                  tags=["cvsweep", f"sweep-{sweep.id}"],
                   config={"sweep_id": sweep.id, "method": sweep.config.get("method"),
                           "metric": sweep.config.get("metric")},
-                  settings=wandb.Settings(**settings), reinit="finish_previous")
+                  settings=wandb.Settings(silent=True), reinit="finish_previous")
     if backend == "local":
         kwargs["dir"] = str(store.root / "sweeps" / sweep.id)
     run = wandb.init(**{k: v for k, v in kwargs.items() if v is not None})
     run.log({"leaderboard": wandb.Table(columns=columns, data=data)})
+    run.summary["ranked"] = len(rows)
     if rows:
         run.summary["best_run"] = rows[0]["run"]
+        run.summary["best_run_id"] = rows[0]["run_id"]
         run.summary["best_metric"] = rows[0]["metric"]
     where = run.dir if backend == "local" else run.url
     run.finish()
-    store.set_ranks(sweep.id, {r["run"]: r["rank"] for r in rows})
+    store.set_ranks(sweep.id, {r["run_id"]: r["rank"] for r in rows if r.get("run_id")})
     return str(where)
 
 
@@ -96,3 +313,119 @@ def log_submission(result, submission, sweep: Sweep, backend: str, state_root) -
     where = run.dir if backend == "local" else run.url
     run.finish()
     return str(where)
+
+
+# ---------------------------------------------------------------------------
+# In-process worker: wandb.agent runs our trial function
+# ---------------------------------------------------------------------------
+class WandbWorker:
+    """Runs a W&B sweep's trials in this process with ``wandb.agent``; one trial at a time.
+
+    wandb stops a trial by injecting a bare ``Exception`` into the thread that runs the
+    trial function, wherever it is. So training runs in its own thread; the agent's thread
+    only waits, and turns the injected exception into a ``stopped`` request. A signal
+    (SIGTERM/SIGINT from our launcher or a cluster) is a preemption: :meth:`preempt`.
+    """
+
+    def __init__(self, train_fn: Callable | None = None, environ: Mapping[str, str] | None = None,
+                 poll: float = 0.1):
+        from cvtrain.stop import StopRequest
+
+        self._StopRequest = StopRequest
+        self.train_fn = train_fn
+        self.environ = environ
+        self.poll = poll
+        self.current = None              # the running trial's StopRequest
+        self.preempted: str | None = None
+        self.last_result = None          # the last trial's TrainResult, or its exception
+        self._lock = threading.Lock()
+
+    def preempt(self, reason: str) -> None:
+        with self._lock:
+            self.preempted = self.preempted or reason
+            if self.current is not None:
+                self.current.set("preempted", reason)
+
+    def _run_training(self, stop, box: dict, done: threading.Event) -> None:
+        from cvtrain.cli import ParsedArgs, build_config
+
+        try:
+            # wandb.agent wrote this trial's parameters to WANDB_SWEEP_PARAM_PATH: the sweep layer reads them.
+            cfg = build_config(ParsedArgs(), self.environ)
+            cfg.wandb.job_type = "sweep-trial"
+            cfg.logging.progress = False
+            if self.train_fn is None:
+                from cvtrain.engine import train
+            else:
+                train = self.train_fn
+            box["result"] = train(cfg, resume="auto", stop_event=stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the agent's thread, which re-raises it
+            box["error"] = exc
+            _record_failure_if_no_run(exc)
+        finally:
+            done.set()
+
+    def trial(self) -> None:
+        """The function ``wandb.agent`` calls; keep it small: wandb's exception may land on any line.
+
+        It waits on an Event, never in ``Thread.join``: on Python < 3.13 an exception raised inside
+        ``join`` marks the joined thread stopped while it still runs (bpo-45274's cleanup), and
+        wandb would then finish the run under the training's feet.
+        """
+        stop = box = t = None
+        done = threading.Event()
+        self._agent_thread = threading.current_thread()
+        try:
+            stop, box = self._StopRequest(), {}
+            with self._lock:
+                self.current = stop
+                if self.preempted:
+                    stop.set("preempted", self.preempted)
+            t = threading.Thread(target=self._run_training, args=(stop, box, done), name="cvsweep-trial",
+                                 daemon=True)
+            t.start()
+        except Exception:  # noqa: BLE001 - wandb's stop arrived before training began
+            if stop is not None:
+                stop.set("stopped", "the W&B sweep stopped this run before it began")
+            deadline = time.monotonic() + 5  # it may have landed inside start(): is the thread running?
+            while t is not None and not (t.is_alive() or done.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if t is None or not (t.is_alive() or done.is_set()):
+                return
+        while box is not None:
+            try:
+                while not done.wait(self.poll):
+                    pass
+                break
+            except Exception:  # noqa: BLE001 - wandb.agent's stop (hyperband, stop, cancel) lands here
+                stop.set("stopped", "the W&B sweep stopped this run")
+        with self._lock:
+            self.current = None
+        if box is None:
+            return
+        self.last_result = box.get("result", box.get("error"))
+        if "error" in box:
+            raise box["error"]
+
+    def run(self, path: SweepPath, count: int | None = None) -> int:
+        """``wandb.agent`` until the sweep has no more work, ``count`` trials, or a signal (then 143)."""
+        import wandb
+
+        from cvtrain.stop import EXIT_PREEMPTED
+
+        try:
+            wandb.agent(path.id, function=self.trial, count=count, project=path.project, entity=path.entity)
+        except KeyboardInterrupt:
+            pass  # our signal handler's way of making wandb.agent leave
+        t = getattr(self, "_agent_thread", None)
+        if t is not None and t is not threading.current_thread():
+            t.join()  # the preempted trial checkpoints and finishes its run before the worker exits
+        return EXIT_PREEMPTED if self.preempted else 0
+
+
+def _record_failure_if_no_run(exc: BaseException) -> None:
+    """A trial that failed before its W&B run started (bad config, missing data): record why on W&B."""
+    from cvtrain.tracking import failed_before_run, record_failed_run
+
+    if failed_before_run(exc):
+        record_failed_run(f"{type(exc).__name__}: {exc}")

@@ -19,12 +19,12 @@ import threading
 import traceback
 
 from cvtrain.config import ConfigError, env_layer, mapping_layer, merged_env, resolve
+from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 
 from .controller import LocalController
 from .store import SQLiteStore, Trial
 
 log = logging.getLogger("cvsweep.worker")
-EXIT_PREEMPTED = 143
 
 
 def trial_config(trial: Trial, sweep_id: str, environ=None, env_file: str | None = ".env"):
@@ -100,27 +100,9 @@ def local_worker_loop(sweep_id: str, worker: str, count: int | None, stop_event:
     return EXIT_PREEMPTED if stop_event.is_set() else 0
 
 
-def wandb_worker(sweep_id: str, count: int | None, project: str | None, entity: str | None,
-                 agent_fn=None) -> int:
-    """Run trials from a W&B sweep in this process with ``wandb.agent``."""
-    import wandb
-
-    from cvtrain.cli import ParsedArgs, build_config
-    from cvtrain.engine import train
-
-    def trial():
-        # wandb.agent wrote this trial's parameters to WANDB_SWEEP_PARAM_PATH: the sweep layer reads them.
-        cfg = build_config(ParsedArgs())
-        cfg.wandb.job_type = "sweep-trial"
-        train(cfg)
-
-    (agent_fn or wandb.agent)(sweep_id, function=trial, count=count, project=project, entity=entity)
-    return 0
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m agent.worker")
-    p.add_argument("sweep_id")
+    p.add_argument("sweep_id", help="local: the id; wandb: ID, PROJECT/ID or ENTITY/PROJECT/ID")
     p.add_argument("--backend", choices=("local", "wandb"), default="local")
     p.add_argument("--count", type=int, default=None)
     p.add_argument("--project")
@@ -129,18 +111,44 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{a.name or 'worker'}] %(message)s",
                         datefmt="%H:%M:%S")
-    stop = threading.Event()
+    if a.backend == "wandb":
+        return wandb_main(a)
+    stop = StopRequest()
 
     def on_signal(signum, frame):
         log.info("signal %d: stopping the running trial at the next batch", signum)
-        stop.set()
+        stop.set("preempted", f"{signal.Signals(signum).name} to the worker")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker = f"{socket.gethostname()}:{os.getpid()}:{a.name or 'w'}"
-    if a.backend == "wandb":
-        return wandb_worker(a.sweep_id, a.count, a.project, a.entity)
     return local_worker_loop(a.sweep_id, worker, a.count, stop)
+
+
+def wandb_main(a) -> int:
+    """A W&B-backend worker: ``wandb.agent`` in this process; SIGTERM/SIGINT preempt the running
+    trial (checkpointed, marked preempting on W&B, requeued by the sweep) and the worker exits 143."""
+    from .wandb_backend import SweepPathError, WandbWorker, sweep_path_from_env
+
+    try:
+        path = sweep_path_from_env(a.sweep_id, a.project, a.entity, os.environ)
+    except SweepPathError as exc:
+        log.error("%s", exc)
+        return 2
+    worker = WandbWorker()
+
+    def on_signal(signum, frame):
+        first = worker.preempted is None
+        name = signal.Signals(signum).name
+        log.info("%s: preempting the running trial; the worker exits when it has ended", name)
+        worker.preempt(f"{name} to the worker")
+        if first:
+            # wandb.agent's own way out (as after Ctrl-C): stop handing out trials, wait for the one running.
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return worker.run(path, a.count)
 
 
 if __name__ == "__main__":

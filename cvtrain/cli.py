@@ -6,20 +6,19 @@ Options take exactly the form ``wandb agent`` passes them::
             "--mixup={'alpha': 0.2}" --augment.rotate=0.5 --config=base.yaml --resume=auto
 
 Booleans are True/False, lists and dicts Python repr, nested keys dotted.
-``--key value`` works too. Exit codes: 0 ok, 1 the run failed, 2 bad input.
+``--key value`` works too. Exit codes: 0 ok (finished, or stopped early by the sweep), 1 the run
+failed, 2 bad input, 143 preempted (SIGTERM/SIGINT; resume with --resume=auto).
 """
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .config import (Config, ConfigError, close_matches, env_layer, file_layer, known_param_paths,
-                     mapping_layer, merged_env, resolve, sweep_layer)
+from .config import (RUN_FACT_KEYS, Config, ConfigError, close_matches, env_layer, file_layer,
+                     known_param_paths, mapping_layer, merged_env, resolve, sweep_layer)
 
 CLI_ONLY = ("config", "resume", "env_file")
 PREDICT_OPTIONS = ("checkpoint", "data_dir", "output", "test_dir", "sample_submission", "tta", "batch_size",
@@ -40,6 +39,7 @@ class ParsedArgs:
 
 def parse_argv(argv: list[str], known: list[str] | None = None, cli_only=CLI_ONLY) -> ParsedArgs:
     """Parse ``--key=value`` / ``--key value`` / ``--flag`` arguments; unknown keys are an error."""
+    facts_ok = known is None
     known = known_param_paths() if known is None else known
     out = ParsedArgs()
     problems = []
@@ -60,7 +60,9 @@ def parse_argv(argv: list[str], known: list[str] | None = None, cli_only=CLI_ONL
                 value = "True"  # a bare flag
         i += 1
         head = key.split(".")[0]
-        if key in cli_only:
+        if key in RUN_FACT_KEYS and facts_ok:
+            pass  # the run's own logged facts, handed back by a W&B resume: not settings
+        elif key in cli_only:
             if key == "resume" and value == "True":
                 value = "auto"
             setattr(out, key, value)
@@ -134,18 +136,25 @@ def _main(argv: list[str]) -> int:
             return 0
         return predict_main(argv[1:])
     setup_logging()
-    # SIGTERM (a scheduler's preemption, or `wandb agent` stopping a run) ends the run cleanly at the
-    # next batch: the W&B run finishes, last.pt of the last whole epoch stays for --resume=auto.
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    from .stop import SignalWatch, StopRequest
+    from .tracking import in_wandb_sweep
+
+    # SIGTERM/SIGINT end the run cleanly at the next batch. Under `wandb agent`, a SIGTERM from the
+    # agent is the sweep stopping the run (stopped, exit 0); any other is a preemption (last.pt of the
+    # last whole epoch stays, the W&B run is marked preempting, exit 143 so the sweep requeues it).
+    sweep = in_wandb_sweep()
+    stop = StopRequest()
+    watch = SignalWatch(stop, os.getppid() if sweep else None, on_signal=_say_signal).start()
     try:
         args = parse_argv(argv)
         cfg = build_config(args)
         from .engine import train
 
-        result = train(cfg, resume=args.resume, stop_event=stop)
+        # A requeued (preempted) sweep trial comes back with the same run id, so the same output dir.
+        result = train(cfg, resume=args.resume or ("auto" if sweep else None), stop_event=stop)
     except (UsageError, ConfigError) as exc:
         print(f"cvtrain: {exc}", file=sys.stderr)
+        _record_failure(exc, sweep)
         return 2
     except Exception as exc:  # noqa: BLE001 - one clear line for every known failure, traceback otherwise
         from .data import DataError
@@ -154,17 +163,39 @@ def _main(argv: list[str]) -> int:
 
         if isinstance(exc, (DataError, PretrainedWeightsError, FileNotFoundError)):
             print(f"cvtrain: {exc}", file=sys.stderr)
+            _record_failure(exc, sweep)
             return 2
         if isinstance(exc, NonFiniteLossError):
             print(f"cvtrain: {exc}", file=sys.stderr)
             return 1
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        watch.restore()
     print(f"cvtrain: {result.state}; best val_f1 {result.best_val_f1:.4f}; outputs in {result.output_dir}")
     if result.state == "preempted":
         print(f"cvtrain: {result.reason}; continue with the same options and --resume=auto")
+        return watch.exit_code
     return 0 if result.state != "failed" else 1
+
+
+def _say_signal(kind: str, reason: str, first: bool) -> None:
+    if first:
+        print(f"cvtrain: {reason}: the run ends {kind} at the next batch", file=sys.stderr, flush=True)
+    else:
+        print(f"cvtrain: {reason}: already ending", file=sys.stderr, flush=True)
+
+
+def _record_failure(exc: BaseException, sweep: bool) -> None:
+    """Under a W&B sweep, a trial that fails before its run starts still tells W&B why."""
+    if not sweep:
+        return
+    from .tracking import failed_before_run, record_failed_run
+
+    if isinstance(exc, UsageError) or failed_before_run(exc):
+        try:
+            record_failed_run(f"{type(exc).__name__}: {exc}")
+        except Exception as err:  # noqa: BLE001 - the failure itself was printed already
+            print(f"cvtrain: could not record the failure on W&B: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def predict_main(argv: list[str]) -> int:

@@ -12,6 +12,8 @@ or dotted keys (``--mixup.alpha=0.2``).
 
 The W&B API key is a field of :class:`WandbConfig` but never leaves it: it is
 excluded from :meth:`Config.to_flat_dict`, from ``repr`` and from every file.
+The key and the server address (``base_url``) say how to reach W&B, not how to
+train: neither is logged with the run nor settable by a sweep.
 """
 from __future__ import annotations
 
@@ -33,10 +35,12 @@ WANDB_MODES = ("online", "offline", "disabled")
 AMP_DTYPES = ("bf16", "fp16")
 RESIZE_MODES = ("pad", "stretch")
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_ON = ("device", "cpu")
 
 #: Environment variables read for W&B settings, by field.
 WANDB_ENV = {
     "api_key": "WANDB_API_KEY",
+    "base_url": "WANDB_BASE_URL",
     "project": "WANDB_PROJECT",
     "entity": "WANDB_ENTITY",
     "mode": "WANDB_MODE",
@@ -53,9 +57,10 @@ ENV_PREFIX = "CVTRAIN_"
 @dataclass
 class WandbConfig:
     api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None   # None: wandb's own (settings files, else https://api.wandb.ai)
     project: str = "cvsweep"
     entity: str | None = None
-    mode: str | None = None  # None: online when an API key is configured, else offline
+    mode: str | None = None  # None: online when wandb finds credentials (env, .env, netrc, settings), else offline
     tags: list = field(default_factory=list)
     group: str | None = None
     job_type: str = "train"
@@ -130,6 +135,7 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"  # test IDs in submission order
     resize: str = "pad"      # pad keeps the aspect ratio; stretch does not
     num_workers: int = 2
+    augment_on: str = "device"     # device: batched on the training device; cpu: per sample in the loader
     cache_dir: str | None = None   # None: $XDG_CACHE_HOME/cvtrain or ~/.cache/cvtrain
     skip_bad_images: bool = False
 
@@ -153,10 +159,12 @@ class PathsConfig:
 #: One line of meaning per setting: `cvtrain --help`, and the comment above it in .env.template.
 HELP = {
     # wandb
-    "api_key": "W&B API key; never logged, never written to a run config or any file (env/.env only)",
+    "api_key": 'API key: never logged, never written to a run config or any file cvsweep writes. Empty is fine '
+               'after `wandb login`: the key in ~/.netrc is found the way wandb finds it.',
     "project": "W&B project for runs and sweeps",
     "entity": "W&B entity (team or user); empty: your default",
-    "mode": "online | offline | disabled; empty: online when W&B has a key, else offline",
+    "mode": 'online | offline | disabled; empty: online when W&B credentials are found (env, .env, ~/.netrc, wandb '
+            'settings), else offline (a trial of a W&B sweep says so loudly)',
     "tags": "comma-separated run tags",
     "group": "W&B run group",
     "job_type": "W&B job type of training runs",
@@ -201,11 +209,13 @@ HELP = {
     "stratify": "stratified split by class",
     "folds": "0: plain split; K >= 2: K-fold",
     "fold": "which fold validates when folds >= 2",
-    "split_seed": "seed of the split and folds; empty: the run's seed (finalize fixes it so configurations share folds)",
+    "split_seed": "seed of the split and folds; empty: the run's seed "
+                  "(finalize fixes it so configurations share folds)",
     "test_dir": "folder of test images (predict, save_predictions)",
     "sample_submission": "CSV listing the test IDs in submission order",
     "resize": "pad (keep aspect ratio, white padding) | stretch",
-    "num_workers": "DataLoader worker processes",
+    "num_workers": 'DataLoader worker processes (they only slice the decoded cache when augment_on=device; kept '
+                   'across epochs)',
     "cache_dir": "decoded-image cache; empty: $XDG_CACHE_HOME/cvtrain or ~/.cache/cvtrain",
     "skip_bad_images": "train without unreadable images (with a warning) instead of stopping",
     # logging
@@ -217,8 +227,12 @@ HELP = {
     "output_dir": "this run's output directory; empty: <output_root>/<run name>",
     "checkpoint_dir": "empty: <output_dir>/checkpoints",
     "save_last": "save last.pt every epoch (needed for --resume)",
-    "save_predictions": "at the end, write the final epoch's softmax on the validation images "
-                        "(val_predictions.csv) and on the test set with the tta views (test_predictions.csv)",
+    "save_predictions": "at the end, write the final epoch's softmax on the validation images (val_predictions.csv) "
+                        "and on the test set with the tta views (test_predictions.csv); cvsweep finalize sets it",
+    "base_url": 'Self-hosted W&B Server: its URL (trainer, agents, API and `wandb sweep` all use it; `wandb login '
+                '--host=URL` stores its key in ~/.netrc under host:port). Never logged, never set by a sweep.',
+    "augment_on": 'where augmentation runs: device (batched on the training device, the GPU; default) | cpu (per '
+                  'sample in the DataLoader workers, the old path: same strengths, different random draws)',
     # nested
     "mixup.alpha": "mixup alpha; 0 disables mixup",
     "mixup.cutmix_alpha": "cutmix alpha; 0 disables cutmix",
@@ -241,6 +255,8 @@ GROUPS: dict[str, type] = {
     "paths": PathsConfig,
 }
 SECRET_FIELDS = frozenset({"api_key"})
+#: How to reach W&B: never in the logged config, never set by a sweep.
+CONNECTION_FIELDS = frozenset({"api_key", "base_url"})
 #: A sweep parameter holding a whole configuration (a mapping of settings), applied in its
 #: layer's place: a finalize sweep is a grid over (candidate, fold).
 CANDIDATE = "candidate"
@@ -263,7 +279,7 @@ class Config:
         for gname in GROUPS:
             group = getattr(self, gname)
             for f in fields(group):
-                if f.name in SECRET_FIELDS:
+                if f.name in CONNECTION_FIELDS:
                     continue
                 value = getattr(group, f.name)
                 out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else _plain(value)
@@ -271,12 +287,6 @@ class Config:
 
     def get(self, name: str) -> Any:
         return getattr(getattr(self, FIELD_GROUP[name]), name)
-
-    @property
-    def wandb_mode(self) -> str:
-        if self.wandb.mode:
-            return self.wandb.mode
-        return "online" if self.wandb.api_key else "offline"
 
 
 def _plain(value):
@@ -295,8 +305,8 @@ for _gname, _cls in GROUPS.items():
         FIELD_TYPES[_f.name] = _hints[_f.name]
 NESTED_FIELDS = {n: {f.name: typing.get_type_hints(c)[f.name] for f in fields(c)} for n, c in NESTED.items()}
 KNOWN_KEYS = sorted(FIELD_GROUP)
-#: Keys a sweep or a config file may set (every field but the secret).
-PARAM_KEYS = sorted(k for k in FIELD_GROUP if k not in SECRET_FIELDS)
+#: Keys a sweep or a config file may set (every field but how to reach W&B).
+PARAM_KEYS = sorted(k for k in FIELD_GROUP if k not in CONNECTION_FIELDS)
 
 
 def known_param_paths() -> list[str]:
@@ -497,6 +507,12 @@ def file_layer(path: str | os.PathLike) -> dict[str, tuple[Any, str]]:
     return {k: (v, f"file {p}") for k, v in flat.items()}
 
 
+#: Facts the trainer logs in a run's config beside its settings (engine's run extras). A W&B sweep
+#: that requeues a preempted run may hand the run's whole config back as its parameters: these
+#: are read back as what they are, facts, and ignored.
+RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val"})
+
+
 def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, str]]:
     """Sweep parameters from the YAML file ``wandb agent`` writes ({name: {value: v}})."""
     if not param_path or not Path(param_path).is_file():
@@ -504,7 +520,7 @@ def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, st
     data = yaml.safe_load(Path(param_path).read_text()) or {}
     out = {}
     for k, v in data.items():
-        if k.startswith("_") or k == "wandb_version":
+        if k.startswith("_") or k == "wandb_version" or k in RUN_FACT_KEYS:
             continue
         out[k] = (v["value"] if isinstance(v, dict) and "value" in v else v, "sweep")
     return out
@@ -548,7 +564,7 @@ def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) 
     if head not in FIELD_GROUP:
         problems.append(f"{key}: unknown setting (from {source}){close_matches(head, known_param_paths())}")
         return
-    if head in SECRET_FIELDS and source.startswith("sweep"):
+    if head in CONNECTION_FIELDS and source.startswith("sweep"):
         problems.append(f"{key}: cannot be set by a sweep")
         return
     group = getattr(cfg, FIELD_GROUP[head])
@@ -612,6 +628,8 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("device", f"allowed: {', '.join(DEVICES)} or cuda:N")
     if d.resize not in RESIZE_MODES:
         bad("resize", f"allowed: {', '.join(RESIZE_MODES)}")
+    if d.augment_on not in AUGMENT_ON:
+        bad("augment_on", f"allowed: {', '.join(AUGMENT_ON)}{close_matches(d.augment_on, AUGMENT_ON)}")
     for name, lo in (("img_size", 16), ("batch_size", 1), ("epochs", 1), ("log_interval", 1)):
         if cfg.get(name) < lo:
             bad(name, f"must be >= {lo}")

@@ -64,3 +64,19 @@ def assert_secret_absent(*roots, secret=SECRET):
 
 
 PY = sys.executable
+
+
+@pytest.fixture
+def wandb_server(tmp_path, monkeypatch):
+    """A stand-in W&B server on 127.0.0.1 (tests/wandb_server.py); wandb's client online against it."""
+    from wandb_server import serve_wandb
+
+    yield from serve_wandb(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def wandb_server_netrc(tmp_path, monkeypatch):
+    """The same, credentials only in $HOME/.netrc (HOME under tmp), as after `wandb login`."""
+    from wandb_server import serve_wandb
+
+    yield from serve_wandb(tmp_path, monkeypatch, netrc=True)

@@ -69,12 +69,15 @@ def test_api_key_never_part_of_logged_config_or_repr():
     assert cfg.wandb.api_key == SECRET
     assert "api_key" not in cfg.to_flat_dict()
     assert SECRET not in repr(cfg) and SECRET not in str(cfg.to_flat_dict())
-    assert cfg.wandb_mode == "online"  # a configured key means online unless mode says otherwise
 
 
-def test_a_sweep_cannot_set_the_api_key():
+def test_a_sweep_cannot_set_the_api_key_or_the_server():
     with pytest.raises(ConfigError, match="api_key: cannot be set by a sweep"):
         resolve({"api_key": ("x", "sweep")})
+    with pytest.raises(ConfigError, match="base_url: cannot be set by a sweep"):
+        resolve({"base_url": ("http://elsewhere", "sweep")})
+    cfg = resolve({"base_url": ("http://127.0.0.1:8080", "env WANDB_BASE_URL")})
+    assert cfg.wandb.base_url == "http://127.0.0.1:8080" and "base_url" not in cfg.to_flat_dict()
 
 
 def test_nested_groups_take_dicts_and_dotted_keys():
@@ -110,3 +113,14 @@ def test_command_line_reports_a_bad_model_together_with_the_other_problems(capsy
     err = capsys.readouterr().err
     assert "model_name='resnett18' (from cli): not a timm model" in err and "resnet18" in err
     assert "epochs=0 (from cli): must be >= 1" in err and "optimizer='adamm'" in err
+
+
+def test_augment_on_is_device_or_cpu_and_listed_in_help(capsys):
+    from cvtrain.cli import main
+
+    assert resolve().data.augment_on == "device"
+    assert resolve(mapping_layer({"augment_on": "cpu"}, "cli")).data.augment_on == "cpu"
+    with pytest.raises(ConfigError) as err:
+        resolve(mapping_layer({"augment_on": "gpu"}, "cli"))
+    assert "augment_on='gpu' (from cli): allowed: device, cpu" in str(err.value)
+    assert main(["--help"]) == 0 and "augment_on" in capsys.readouterr().out

@@ -92,7 +92,11 @@ def test_env_template_comments_are_the_help_lines():
     for name in KNOWN_KEYS:
         var = WANDB_ENV.get(name, ENV_PREFIX + name.upper())
         i = next(i for i, ln in enumerate(lines) if re.match(rf"#?\s*{var}=", ln))
-        assert lines[i - 1] == f"# {HELP[name]}", var
+        block = []
+        while lines[i - 1].startswith("# ") and not re.match(r"#\s*([A-Z_]+=|---)", lines[i - 1]):
+            i -= 1
+            block.insert(0, lines[i][2:])
+        assert " ".join(block) == HELP[name], var
 
 
 def test_predict_help_and_a_closed_pipe_are_not_errors():

@@ -1,4 +1,13 @@
-"""Checkpoints: model, optimizer, scheduler, scaler, epoch, RNG states and the resolved config."""
+"""Checkpoints: model, optimizer, scheduler, scaler, epoch, RNG states and the resolved config.
+
+While a run trains, ``last.pt`` (every epoch, for resume) and ``best.pt`` (when the
+metric improved) hold the whole training state. When the run ends, ``keep_checkpoints``
+decides what stays (:func:`retain`): ``best`` (default) keeps only ``best.pt``, reduced
+to what inference needs (weights, config, class names: a third of an AdamW
+checkpoint); ``last`` keeps only ``last.pt`` (whole state: training can be extended);
+``all`` keeps both as they are; ``none`` keeps neither. A preempted run keeps both
+(it resumes from ``last.pt``).
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from .config import KEEP_CHECKPOINTS
 
 
 @dataclass
@@ -74,6 +85,37 @@ def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args) -> None:
         os.replace(tmp, ckpt_dir / "best.pt")
 
 
+#: What inference (predict, the leaderboard's best trial) reads from a checkpoint.
+INFERENCE_KEYS = ("model", "config", "class_names", "format")
+
+
+def retain(ckpt_dir: Path, keep: str) -> None:
+    """Apply ``keep_checkpoints`` to an ended run's checkpoint directory (see the module docstring)."""
+    if keep not in KEEP_CHECKPOINTS:
+        raise ValueError(f"keep_checkpoints={keep!r}; allowed: {', '.join(KEEP_CHECKPOINTS)}")
+    best, last = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
+    if keep == "all":
+        return
+    if keep in ("best", "none"):
+        last.unlink(missing_ok=True)  # best.pt may share its inode: then this frees nothing but the name
+    if keep in ("last", "none"):
+        best.unlink(missing_ok=True)
+    if keep == "best" and best.exists():
+        slim(best)
+
+
+def slim(path: Path) -> None:
+    """Rewrite ``path`` (atomically) with only what inference needs."""
+    obj = read(path)
+    if obj.get("weights_only"):
+        return
+    state = {k: v for k, v in obj.get("state", {}).items() if k in ("epoch", "global_step", "best_val_f1", "best_epoch")}
+    out = {**{k: obj[k] for k in INFERENCE_KEYS if k in obj}, "state": state, "weights_only": True}
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(out, tmp)
+    os.replace(tmp, path)
+
+
 def read(path: str | os.PathLike, device="cpu") -> dict:
     # Our own files hold numpy RNG state and plain containers: not weights-only loadable.
     return torch.load(path, map_location=device, weights_only=False)
@@ -81,6 +123,9 @@ def read(path: str | os.PathLike, device="cpu") -> dict:
 
 def load(path, model, optimizer, scheduler, scaler, device) -> TrainState:
     obj = read(path, device)
+    if obj.get("weights_only"):
+        raise ValueError(f"{path} holds weights only (an ended run's best.pt under keep_checkpoints=best): "
+                         "training cannot resume from it. Keep whole checkpoints with keep_checkpoints=last or all.")
     model.load_state_dict(obj["model"])
     optimizer.load_state_dict(obj["optimizer"])
     if scheduler is not None and obj.get("scheduler") is not None:

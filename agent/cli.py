@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,33 +18,56 @@ from pathlib import Path
 
 import click
 
-from cvtrain.config import merged_env, read_env_file
+from .settings import KEY_VAR, Settings, SettingsError, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def settings(env_file: str = ".env") -> dict:
-    """.env under the environment, without touching os.environ."""
-    return merged_env(os.environ, env_file)
+def settings() -> Settings:
+    """The settings the group resolved for this invocation (environment over .env over defaults)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj if isinstance(obj, Settings) else _load_settings()
 
 
-def api_key_configured(env: dict) -> bool:
-    return bool(env.get("WANDB_API_KEY"))
+def _load_settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
-def default_backend(env: dict) -> tuple[str, str]:
-    mode = (env.get("WANDB_MODE") or "online").lower()
-    if api_key_configured(env) and mode == "online":
+def api_key_configured(s: Settings) -> bool:
+    return bool(s.api_key)
+
+
+def default_backend(s: Settings) -> tuple[str, str]:
+    mode = s.wandb_mode
+    if api_key_configured(s) and mode == "online":
         return "wandb", "a W&B API key is configured and WANDB_MODE is online"
-    why = "no W&B API key configured" if not api_key_configured(env) else f"WANDB_MODE={mode}"
+    why = "no W&B API key configured" if not api_key_configured(s) else f"WANDB_MODE={mode}"
     return "local", why
+
+
+@contextlib.contextmanager
+def wandb_key_for_this_call(s: Settings):
+    """For the one in-process wandb call that reads its key only from the environment (``wandb.sweep``):
+    the key is there for the call and gone after it, so no child process inherits it."""
+    if not s.api_key or os.environ.get(KEY_VAR):
+        yield
+        return
+    os.environ[KEY_VAR] = s.api_key
+    try:
+        yield
+    finally:
+        os.environ.pop(KEY_VAR, None)
 
 
 def local_store(create: bool = False):
     from .store import SQLiteStore, StoreError
 
     try:
-        return SQLiteStore(create=create)
+        return SQLiteStore(settings().state_dir, create=create)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -52,30 +76,32 @@ def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = N
     """(backend, store) for a sweep id: local when the local store has it, else W&B."""
     from .store import SQLiteStore, StoreError, WandbStore
 
-    root_db = Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep") / "cvsweep.db"
+    s = settings()
+    root_db = s.state_dir / "cvsweep.db"
     if root_db.exists() and "/" not in sweep_id:
-        store = SQLiteStore()
+        store = SQLiteStore(s.state_dir)
         try:
             store.get_sweep(sweep_id)
             return "local", store
         except StoreError as exc:
-            if not api_key_configured(settings()):
+            if not api_key_configured(s):
                 raise click.ClickException(str(exc)) from None
-    env = settings()
-    if not api_key_configured(env):
+    if not api_key_configured(s):
         raise click.ClickException(f"no local sweep {sweep_id!r} in {root_db.parent} and no W&B API key "
                                    "(set WANDB_API_KEY in .env) to look it up on W&B")
-    return "wandb", WandbStore(entity=entity or env.get("WANDB_ENTITY"), project=project or env.get("WANDB_PROJECT"))
+    import wandb
+
+    return "wandb", WandbStore(api=wandb.Api(api_key=s.api_key), entity=entity or s.entity,
+                               project=project or s.project)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli():
+@click.pass_context
+def cli(ctx):
     """W&B Sweeps for timm image classifiers: online against W&B, or offline with a local controller."""
-    # The process boundary: a key kept in .env reaches wandb (and the workers we spawn)
-    # through this process's environment, never through a file or argv.
-    key = read_env_file(".env").get("WANDB_API_KEY")
-    if key and not os.environ.get("WANDB_API_KEY"):
-        os.environ["WANDB_API_KEY"] = key
+    # Resolved once (environment over .env over defaults) and passed down. The API key stays in
+    # the settings object: it goes only into the environments built for the children that need it.
+    ctx.obj = _load_settings()
 
 
 # ---------------------------------------------------------------------------
@@ -118,26 +144,33 @@ def validate(file):
               help="default: wandb when an API key is configured and mode is online, else local")
 @click.option("--project", default=None, help="W&B project (default: the file's, WANDB_PROJECT, or cvsweep)")
 @click.option("--entity", default=None)
-def create(file, backend, project, entity):
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None,
+              help="local backend: the search's seed (same file, seed and results: same suggestions); "
+                   "default: drawn and stored")
+def create(file, backend, project, entity, seed):
     """Validate FILE and register the sweep; prints the sweep id as the last line."""
     cfg = load_valid_sweep(file)
-    env = settings()
+    s = settings()
     if backend is None:
-        backend, why = default_backend(env)
+        backend, why = default_backend(s)
         click.echo(f"backend: {backend} ({why})")
-    project = project or cfg.get("project") or env.get("WANDB_PROJECT") or "cvsweep"
-    entity = entity or cfg.get("entity") or env.get("WANDB_ENTITY")
+    project = project or cfg.get("project") or s.project or "cvsweep"
+    entity = entity or cfg.get("entity") or s.entity
     if backend == "local":
         from .controller import LocalController
 
         store = local_store(create=True)
-        sweep = LocalController(store).create_sweep(cfg, project=project, entity=entity)
-        click.echo(f"created local sweep in {store.root}; run it with: cvsweep agent {sweep.id}")
+        sweep = LocalController(store).create_sweep(cfg, project=project, entity=entity, seed=seed)
+        click.echo(f"created local sweep in {store.root} (seed {sweep.seed}); run it with: cvsweep agent {sweep.id}")
         click.echo(sweep.id)
         return
+    if seed is not None:
+        raise click.UsageError("--seed: the W&B server draws a W&B sweep's suggestions; it takes no seed "
+                               "(use --backend local for a replayable search)")
     from .wandb_backend import create_wandb_sweep
 
-    sweep_id = create_wandb_sweep(cfg, project=project, entity=entity)
+    with wandb_key_for_this_call(s):
+        sweep_id = create_wandb_sweep(cfg, project=project, entity=entity)
     click.echo(f"created W&B sweep {entity + '/' if entity else ''}{project}/{sweep_id}; run it with: "
                f"cvsweep agent {sweep_id} --project {project}")
     click.echo(sweep_id)
@@ -182,8 +215,9 @@ def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | Non
         groups = plan_groups(ids, gpus_per_trial, workers)
     except LaunchError as exc:
         raise click.UsageError(str(exc)) from None
-    state_dir = str(Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep").resolve())
-    env = dict(os.environ)
+    s = settings()
+    state_dir = str(s.state_dir.resolve())
+    env = s.child_env(with_key=backend == "wandb")  # local workers never need the key
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     specs = build_specs(sweep_id, backend, groups, env, state_dir, count, project, entity)
     where = ", ".join(f"w{s.slot}: GPU {','.join(map(str, s.gpus))}" if s.gpus else f"w{s.slot}: CPU "
@@ -227,6 +261,12 @@ def status(sweep_id):
     click.echo(f"method {sweep.config.get('method')}, metric {sweep.metric_name} ({sweep.goal}), "
                f"run_cap {sweep.config.get('run_cap')}")
     click.echo("trials: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet"))
+    if backend == "local":
+        from .store import disk_usage
+
+        where = store.root / "sweeps" / sweep.id
+        total, ckpts = disk_usage(where), disk_usage(where, "**/checkpoints/*.pt")
+        click.echo(f"disk: {total / 2**20:.1f} MiB in {where} (checkpoints {ckpts / 2**20:.1f} MiB)")
 
 
 def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...]):
@@ -234,7 +274,9 @@ def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...]):
     if backend != "local":
         from .wandb_backend import set_wandb_sweep_state
 
-        set_wandb_sweep_state(sweep_id, state)
+        s = settings()
+        set_wandb_sweep_state(sweep_id, state, runner=lambda cmd, check: subprocess.run(
+            cmd, check=check, env=s.child_env(with_key=True)))
         click.echo(f"W&B sweep {sweep_id}: {state}")
         return
     sweep = store.get_sweep(sweep_id)
@@ -325,7 +367,7 @@ def leaderboard_cmd(sweep_id, top, metric, fmt, write_back):
         from .wandb_backend import write_back_leaderboard
 
         full = leaderboard(store, sweep_id, metric=metric)
-        where = write_back_leaderboard(store, store.get_sweep(sweep_id), full, backend, settings())
+        where = write_back_leaderboard(store, store.get_sweep(sweep_id), full, backend, settings().wandb_env())
         click.echo(f"leaderboard written back: {where}", err=True)
 
 
@@ -343,15 +385,14 @@ def sync(sweep_id, dry_run):
     if not dirs:
         raise click.ClickException(f"no offline runs under {root}")
     click.echo(f"{len(dirs)} offline run(s) of sweep {sweep_id}")
-    env = settings()
+    s = settings()
     if dry_run:
         click.echo("\n".join(dirs))
         return
-    if not api_key_configured(env):
+    if not api_key_configured(s):
         raise click.ClickException("no W&B API key: put WANDB_API_KEY=... in .env (see .env.template) on a machine "
                                    f"with network, then run `cvsweep sync {sweep_id}` again. Nothing was uploaded.")
-    child = dict(os.environ)
-    child["WANDB_API_KEY"] = env["WANDB_API_KEY"]  # to the child only
+    child = s.child_env(with_key=True)  # to the child only
     cmd = [sys.executable, "-m", "wandb", "sync", "--project", sweep.project or "cvsweep"]
     if sweep.entity:
         cmd += ["--entity", sweep.entity]
@@ -403,7 +444,7 @@ def demo(data_dir, sweep_file, gpus, workers):
     rows = leaderboard(store, sweep.id)
     click.echo("\n" + format_leaderboard(rows[:10], "table"))
     if rows:
-        where = write_back_leaderboard(store, store.get_sweep(sweep.id), rows, "local", settings())
+        where = write_back_leaderboard(store, store.get_sweep(sweep.id), rows, "local", settings().wandb_env())
         click.echo(f"\nleaderboard logged to the offline W&B run in {where}")
         page = write_report(store, sweep.id, f"report-{sweep.id}.html")
         click.echo(f"sweep report (open in a browser, works offline): {page}")

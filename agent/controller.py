@@ -230,13 +230,15 @@ class LocalController:
         return self.store.root / "sweeps" / sweep_id
 
     # -- the search, fed from the store --------------------------------------
-    def _sweep_runs(self, sweep: Sweep, trials: list[Trial], with_history: bool, with_config: bool = True):
+    def _sweep_runs(self, sweep: Sweep, trials: list[Trial], with_history: bool, with_config: bool = True,
+                    depth: int | None = None):
+        """``SweepRun`` records for the engine; ``depth`` cuts every history to its first values."""
         metric = sweep.metric_name
         out = []
         for t in trials:
             state = "pending" if t.state == "preempted" else t.state
             summary = {metric: t.metric} if metric and is_finite_number(t.metric) else {}
-            history = [{metric: v} for v in t.history if v is not None] if with_history and metric else []
+            history = [{metric: v} for v in t.history[:depth] if v is not None] if with_history and metric else []
             config = {k: {"value": v} for k, v in t.params.items()} if with_config else {}
             out.append(self._SweepRun(name=t.name, state=state, config=config, summary_metrics=summary,
                                       history=history))
@@ -257,7 +259,7 @@ class LocalController:
         with self.store.transaction() as c:
             sweep = self.store.get_sweep(sweep_id, conn=c)
             trials = [] if sweep.state in ("finished", "cancelled") else \
-                self.store.list_trials(sweep_id, conn=c, with_history=False)
+                self.store.trials_for_search(sweep_id, conn=c)
             decision = decide_claim(sweep, trials, now, self.max_attempts, lambda ts: self._suggest(sweep, ts))
             return self._apply(c, sweep, trials, decision, worker, now)
 
@@ -328,8 +330,11 @@ class LocalController:
                 return "stop"
             if not sweep.config.get("early_terminate") or value is None:
                 return None
-            trials = self.store.list_trials(sweep.id, conn=c)
-            runs = self._sweep_runs(sweep, trials, with_history=True, with_config=False)
+            trials = self.store.trials_for_search(sweep.id, conn=c, with_params=False, with_history=True)
+            # Hyperband judges this run at its latest band <= its own epochs, from the other runs' values
+            # at those bands: histories cut to this run's length give the same decision, for less work.
+            depth = len(next(t.history for t in trials if t.id == trial_id))
+            runs = self._sweep_runs(sweep, trials, with_history=True, with_config=False, depth=depth)
             for r in self.stop_runs(sweep.config, runs):
                 if r.name == row["name"]:
                     why = hyperband_reason(sweep.config, r, metric, sweep.goal.startswith("max"), epoch)

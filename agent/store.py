@@ -340,6 +340,23 @@ class SQLiteStore(RunStore):
                 hist.setdefault(tid, []).append(m)
         return [self._trial(r, hist.get(r["id"], [])) for r in rows]
 
+    def trials_for_search(self, sweep_id: str, conn, with_params: bool = True,
+                          with_history: bool = False) -> list[Trial]:
+        """The sweep's trials with only what the controller and the search engine read (no summary,
+        no output paths; params and the metric's history when asked): cheap at 1,000 trials x 30 epochs."""
+        cols = "id, name, state, metric, worker, attempts, attempt, lease_expires" + (", params" if with_params else "")
+        rows = conn.execute(f"SELECT {cols} FROM trials WHERE sweep_id=? ORDER BY id", (sweep_id,)).fetchall()
+        hist: dict[int, list] = {}
+        if with_history and rows:
+            for tid, m in conn.execute("SELECT h.trial_id, h.metric FROM history h JOIN trials t ON t.id=h.trial_id "
+                                       "WHERE t.sweep_id=? AND h.metric IS NOT NULL ORDER BY h.trial_id, h.epoch",
+                                       (sweep_id,)):
+                hist.setdefault(tid, []).append(m)
+        return [Trial(sweep_id=sweep_id, name=r["name"], state=r["state"],
+                      params=json.loads(r["params"]) if with_params else {}, id=r["id"], metric=r["metric"],
+                      history=hist.get(r["id"], []), worker=r["worker"], attempts=r["attempts"],
+                      attempt=r["attempt"], lease_expires=r["lease_expires"]) for r in rows]
+
     @staticmethod
     def _trial(r: sqlite3.Row, history: list) -> Trial:
         return Trial(sweep_id=r["sweep_id"], name=r["name"], state=r["state"], params=json.loads(r["params"]),

@@ -421,3 +421,30 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
     assert store.get_sweep("old1").seed == seed_from_id("old1")
     c = LocalController(store).claim("old1", "w")
     assert c.status == "claimed" and c.trial.params == {"learning_rate": 0.2} and c.trial.attempt == 1
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_cutting_other_histories_to_a_runs_length_leaves_its_hyperband_decision_as_it_was(strict):
+    """report() passes histories cut to the reporting run's length: the same decision, less work."""
+    import random
+
+    import sweeps
+
+    rng = random.Random(strict)
+    cfg = {"method": "random", "metric": {"name": "m", "goal": "maximize"}, "parameters": {"a": {"values": [1]}},
+           "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2, "strict": strict}}
+    checked = 0
+    for _ in range(40):
+        hist = {f"r{i}": [rng.random() for _ in range(rng.randint(0, 20))] for i in range(30)}
+        running = {n for n in hist if rng.random() < 0.3}
+
+        def runs(depth=None):
+            return [sweeps.SweepRun(name=n, state="running" if n in running else "finished",
+                                    history=[{"m": v} for v in h[:depth]]) for n, h in hist.items()]
+
+        full = {r.name for r in sweeps.stop_runs(cfg, runs())}
+        for n in running:
+            cut = {r.name for r in sweeps.stop_runs(cfg, runs(len(hist[n])))}
+            assert (n in cut) == (n in full)
+            checked += 1
+    assert checked > 100

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-SCHEMA_VERSION = 2   # 2: sweeps.seed, trials.attempt, history.attempt (a version-1 file is migrated in place)
+SCHEMA_VERSION = 2   # 2: sweeps.seed, trials.attempt, history.attempt/reported_at (version 1 is migrated in place)
 TERMINAL = ("finished", "failed", "crashed", "killed")
 #: W&B run states (``sweeps.RunState``) our states map to when the search engine reads them.
 STATES = ("pending", "running", "finished", "failed", "crashed", "killed", "preempted")
@@ -137,7 +137,7 @@ CREATE TABLE IF NOT EXISTS trials (
 CREATE INDEX IF NOT EXISTS trials_by_sweep_state ON trials (sweep_id, state);
 CREATE TABLE IF NOT EXISTS history (
     trial_id INTEGER NOT NULL REFERENCES trials(id), epoch INTEGER NOT NULL, metric REAL, metrics TEXT NOT NULL,
-    attempt INTEGER, PRIMARY KEY (trial_id, epoch)
+    attempt INTEGER, reported_at REAL, PRIMARY KEY (trial_id, epoch)
 );
 """
 #: Version 1 -> 2, in place: new columns; old sweeps get a seed derived from their id.
@@ -145,6 +145,7 @@ _MIGRATE_1_TO_2 = (
     "ALTER TABLE sweeps ADD COLUMN seed INTEGER",
     "ALTER TABLE trials ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE history ADD COLUMN attempt INTEGER",
+    "ALTER TABLE history ADD COLUMN reported_at REAL",
 )
 
 
@@ -396,10 +397,11 @@ class SQLiteStore(RunStore):
                 c.execute(stmt, args)
 
     def add_history(self, trial_id: int, epoch: int, metric: float | None, metrics: dict, conn,
-                    attempt: int | None = None) -> None:
+                    attempt: int | None = None, reported_at: float | None = None) -> None:
         """One epoch's metrics; a resumed attempt that repeats an epoch replaces it (one row per epoch)."""
-        conn.execute("INSERT OR REPLACE INTO history (trial_id, epoch, metric, metrics, attempt) VALUES (?,?,?,?,?)",
-                     (trial_id, epoch, metric, json.dumps(metrics, default=float), attempt))
+        conn.execute("INSERT OR REPLACE INTO history (trial_id, epoch, metric, metrics, attempt, reported_at) "
+                     "VALUES (?,?,?,?,?,?)",
+                     (trial_id, epoch, metric, json.dumps(metrics, default=float), attempt, reported_at))
 
     def epoch_history(self, trial: Trial) -> list[dict]:
         return [json.loads(m) for (m,) in self.conn.execute(

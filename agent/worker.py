@@ -148,7 +148,7 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
 
 
 def local_worker_loop(sweep_id: str, worker: str, count: int | None, stop_event: WorkerStop | threading.Event,
-                      poll: float = 2.0, root=None, settings: Settings | None = None) -> int:
+                      poll: float = 0.5, root=None, settings: Settings | None = None) -> int:
     """Claim and train until the sweep has no more work, ``count`` trials ran, or ``stop_event`` is set."""
     settings = settings or load_settings()
     stops = stop_event if isinstance(stop_event, WorkerStop) else WorkerStop(stop_event)

@@ -373,7 +373,7 @@ def _fit(s: Session, reporter: Reporter | None, stop_event) -> Outcome:
         answer = reporter(epoch, dict(metrics)) if reporter is not None else None
         if answer == "lost" or getattr(stop_event, "kind", None) == "lost":
             return Outcome("lost", f"this worker lost the trial after epoch {epoch}")
-        _save_epoch(s, metrics)
+        _save_epoch(s, metrics, ending=epoch == e.epochs or answer == "stop")
         if epoch == e.epochs:
             break
         if answer == "stop":
@@ -421,10 +421,15 @@ def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
     return metrics
 
 
-def _save_epoch(s: Session, metrics: dict) -> None:
-    """The epoch's checkpoint (best.pt when it improved), its W&B log and its log line."""
+def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
+    """The epoch's checkpoint (best.pt when it improved), its W&B log and its log line.
+
+    ``ending``: the run ends after this epoch (finished, or stopped); then a last.pt that
+    keep_checkpoints would delete at the end is not written at all.
+    """
     e, st, epoch = s.cfg.experiment, s.state, metrics["epoch"]
-    ckpt.save_epoch(s.ckpt_dir, st.best_epoch == epoch, s.cfg.paths.save_last, s.model, s.optimizer, s.scheduler,
+    save_last = s.cfg.paths.save_last and not (ending and s.cfg.paths.keep_checkpoints in ("best", "none"))
+    ckpt.save_epoch(s.ckpt_dir, st.best_epoch == epoch, save_last, s.model, s.optimizer, s.scheduler,
                     s.scaler, st, s.cfg, s.data.index.class_names)
     if s.log_fn is not None:
         s.log_fn(metrics)

@@ -31,6 +31,8 @@ Targets (from the issues) and what each figure includes and excludes:
   ``sweep_share_trial_end`` (last report to the trial's end: final reports, artifacts, W&B finish),
   ``sweep_share_between_trials`` (a trial's end to the next claim) and ``sweep_share_tail``
   (a worker's last trial to the end of the sweep: idle while the other finishes, exit).
+  ``sweep_busy_share_steady`` leaves out what is paid once per worker (start, the first trial's
+  setup with the imports and the cold cache) and the tail: what a longer sweep tends to.
 - Also: per-trial fixed cost <= 0.5 s and >= 10x less than a process per trial; 2 workers vs 1
   >= 1.7x trials/hour.
 """
@@ -357,13 +359,27 @@ def bench_sweep(work: Path) -> None:
     subprocess.run([PY, "-m", "agent", "agent", sid, "--gpus", "none", "--workers", str(workers)], env=env,
                    check=True, capture_output=True)
     t1 = time.time()
-    parts = _sweep_parts(_trials(state), _history(state), t0, t1)
+    rows, hist = _trials(state), _history(state)
+    parts = _sweep_parts(rows, hist, t0, t1)
     wall = workers * (t1 - t0)
+    firsts = {min((r for r in rows if r["worker"] == w), key=lambda r: r["started_at"])["id"] for w in {r["worker"] for r in rows}}
+    setups = {r["id"]: hist[r["id"]][0]["reported_at"] - hist[r["id"]][0]["epoch_time"] - r["started_at"]
+              for r in rows if hist.get(r["id"])}
     emit("sweep_workload", f"sweeps/demo.yaml: {len(_trials(state))} trials, {workers} CPU workers")
     emit("sweep_wall_s", t1 - t0)
-    emit("sweep_busy_share", parts.pop("busy") / wall)
+    parts_busy = parts.pop("busy")
+    emit("sweep_busy_share", parts_busy / wall)
     for k, v in parts.items():
         emit(f"sweep_share_{k}", v / wall)
+    # A worker's first trial also pays its imports (torch, timm, wandb, sklearn) and the cold cache.
+    emit("sweep_first_trial_setup_s", statistics.median(v for k, v in setups.items() if k in firsts))
+    emit("sweep_later_trial_setup_s", statistics.median(v for k, v in setups.items() if k not in firsts))
+    emit("sweep_epoch_s", statistics.median(e["epoch_time"] for h in hist.values() for e in h))
+    # Without what a sweep pays once per worker (process start, imports, cold cache: the first trial's
+    # setup) and at its end (the tail): the share a longer sweep of the same trials tends to.
+    first_setup = sum(v for k, v in setups.items() if k in firsts)
+    once = parts["worker_start"] + first_setup + parts["tail"]
+    emit("sweep_busy_share_steady", parts_busy / (wall - once))
 
 
 def _history(state: Path) -> dict[int, list[dict]]:

@@ -48,8 +48,16 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg, class_names) -> None:
-    """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg, class_names,
+         weights_only: bool = False) -> None:
+    """Write atomically: a crash mid-save leaves the previous checkpoint intact.
+
+    ``weights_only``: only what inference reads (see :func:`slim`), for a run that ends here.
+    """
+    if weights_only:
+        _write(path, {"model": model.state_dict(), "config": cfg.to_flat_dict(), "class_names": list(class_names),
+                      "format": 1, "state": _inference_state(state.__dict__), "weights_only": True})
+        return
     obj = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -61,21 +69,30 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
         "class_names": list(class_names),
         "format": 1,
     }
+    _write(path, obj)
+
+
+def _write(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args) -> None:
+def _inference_state(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k in ("epoch", "global_step", "best_val_f1", "best_epoch")}
+
+
+def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args, best_weights_only: bool = False) -> None:
     """last.pt every epoch, best.pt when the metric improved: serialised once per epoch.
 
     best.pt becomes a hard link to the new last.pt (a copy where links fail); the next
-    epoch's atomic replace of last.pt leaves best.pt's inode untouched.
+    epoch's atomic replace of last.pt leaves best.pt's inode untouched. Without last.pt
+    (``save_last`` False), best.pt is written alone, as weights only when ``best_weights_only``.
     """
     if not (improved or save_last):
         return
     first = ckpt_dir / ("last.pt" if save_last else "best.pt")
-    save(first, *args)
+    save(first, *args, weights_only=best_weights_only and not save_last)
     if improved and save_last:
         tmp = ckpt_dir / f"best.pt.tmp{os.getpid()}"
         try:
@@ -110,11 +127,8 @@ def slim(path: Path) -> None:
     obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if obj.get("weights_only"):
         return
-    state = {k: v for k, v in obj.get("state", {}).items() if k in ("epoch", "global_step", "best_val_f1", "best_epoch")}
-    out = {**{k: obj[k] for k in INFERENCE_KEYS if k in obj}, "state": state, "weights_only": True}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(out, tmp)
-    os.replace(tmp, path)
+    _write(path, {**{k: obj[k] for k in INFERENCE_KEYS if k in obj}, "state": _inference_state(obj.get("state", {})),
+                  "weights_only": True})
 
 
 def read(path: str | os.PathLike, device="cpu") -> dict:

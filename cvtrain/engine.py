@@ -424,13 +424,15 @@ def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
 def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
     """The epoch's checkpoint (best.pt when it improved), its W&B log and its log line.
 
-    ``ending``: the run ends after this epoch (finished, or stopped); then a last.pt that
-    keep_checkpoints would delete at the end is not written at all.
+    ``ending``: the run ends after this epoch (finished, or stopped); then nothing that
+    keep_checkpoints would delete at the end is written, and a new best.pt is written as weights only.
     """
     e, st, epoch = s.cfg.experiment, s.state, metrics["epoch"]
-    save_last = s.cfg.paths.save_last and not (ending and s.cfg.paths.keep_checkpoints in ("best", "none"))
-    ckpt.save_epoch(s.ckpt_dir, st.best_epoch == epoch, save_last, s.model, s.optimizer, s.scheduler,
-                    s.scaler, st, s.cfg, s.data.index.class_names)
+    keep = s.cfg.paths.keep_checkpoints
+    save_last = s.cfg.paths.save_last and not (ending and keep in ("best", "none"))
+    ckpt.save_epoch(s.ckpt_dir, st.best_epoch == epoch and not (ending and keep == "none"), save_last, s.model,
+                    s.optimizer, s.scheduler, s.scaler, st, s.cfg, s.data.index.class_names,
+                    best_weights_only=ending and keep == "best")
     if s.log_fn is not None:
         s.log_fn(metrics)
     log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  (%.1fs)", epoch, e.epochs,

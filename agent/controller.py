@@ -377,6 +377,8 @@ class LocalController:
                 else:
                     state = "finished"
                     cols["stopped"] = 1
+            elif state == "finished":  # ran all its epochs: a stop answered at the last one changed nothing
+                cols.update(stopped=0, stop_reason=None)
             if state == "preempted":
                 cols.update(worker=None, finished_at=None)
             cols["state"] = state

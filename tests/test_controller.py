@@ -448,3 +448,17 @@ def test_cutting_other_histories_to_a_runs_length_leaves_its_hyperband_decision_
             assert (n in cut) == (n in full)
             checked += 1
     assert checked > 100
+
+
+def test_a_stop_answered_at_the_last_epoch_leaves_the_trial_finished_not_stopped(tmp_path):
+    ctl = LocalController(SQLiteStore(tmp_path))
+    sweep = ctl.create_sweep(HB)
+    for v in (0.9, 0.8):
+        good = ctl.claim(sweep.id, "w").trial
+        ctl.report(good.id, 1, {"best_val_f1": v}, owner=good.owner)
+        ctl.finish(good.id, "finished", {"best_val_f1": v}, owner=good.owner)
+    last = ctl.claim(sweep.id, "w").trial
+    assert ctl.report(last.id, 1, {"best_val_f1": 0.1}, owner=last.owner) == "stop"  # its only epoch
+    ctl.finish(last.id, "finished", {"best_val_f1": 0.1}, owner=last.owner)
+    t = ctl.store.get_trial(last.id)
+    assert t.state == "finished" and not t.stopped and t.stop_reason is None

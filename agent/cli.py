@@ -204,25 +204,41 @@ def _progress_printer(store, sweep_id: str):
 
 
 def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | None, count: int | None,
-               project: str | None = None, entity: str | None = None) -> int:
-    from .launcher import LaunchError, Launcher, build_specs, gpu_count, parse_gpus, plan_groups
+               project: str | None = None, entity: str | None = None, dry_run: bool = False, pin: bool = True) -> int:
+    """Plan the workers (GPUs this process may use, its cores), print the plan, then run it unless ``dry_run``."""
+    from cvtrain.system import Visible, visible_gpus
+
+    from .launcher import (LaunchError, Launcher, allowed_cpus, build_specs, cpu_ranges, describe_visible, nvml_view,
+                           parse_gpus, plan_groups, plan_line)
 
     backend, store = open_sweep(sweep_id, project, entity)
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    cpus = allowed_cpus()
     try:
-        ids = parse_gpus(gpus, gpu_count())
-        if not ids and workers is None:
-            workers = 1 if gpus == "none" else min(2, os.cpu_count() or 1)
-        groups = plan_groups(ids, gpus_per_trial, workers)
+        use_gpus = (gpus or "all").strip().lower() != "none"
+        visible = visible_gpus(inherited, nvml_view()) if use_gpus else Visible([], [])
+        chosen = parse_gpus(gpus, visible, inherited)
+        if not chosen and workers is None:
+            workers = min(2, len(cpus)) if use_gpus else 1
+        groups = plan_groups(chosen, gpus_per_trial, workers)
     except LaunchError as exc:
         raise click.UsageError(str(exc)) from None
-    s = settings()
-    state_dir = str(s.state_dir.resolve())
-    env = s.child_env(with_key=backend == "wandb")  # local workers never need the key
+    conf = settings()
+    state_dir = str(conf.state_dir.resolve())
+    env = conf.child_env(with_key=backend == "wandb")  # local workers never need the key
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    specs = build_specs(sweep_id, backend, groups, env, state_dir, count, project, entity)
-    where = ", ".join(f"w{s.slot}: GPU {','.join(map(str, s.gpus))}" if s.gpus else f"w{s.slot}: CPU "
-                      f"({s.env['OMP_NUM_THREADS']} threads)" for s in specs)
-    click.echo(f"sweep {sweep_id} ({backend}): {len(specs)} worker(s) — {where}")
+    if "CVTRAIN_NUM_WORKERS" in conf.env:  # the user's loader count (.env too) beats our sizing
+        env.setdefault("CVTRAIN_NUM_WORKERS", conf.env["CVTRAIN_NUM_WORKERS"])
+    specs = build_specs(sweep_id, backend, groups, env, state_dir, count, project, entity, cpus=cpus, pin=pin)
+    # The plan: one line per worker on stdout; where it came from on stderr.
+    for line in describe_visible(visible, inherited) if use_gpus else []:
+        click.echo(line, err=True)
+    click.echo(f"sweep {sweep_id} ({backend}): {len(specs)} worker(s) on cpus {cpu_ranges(cpus)}"
+               + (" — dry run, nothing started" if dry_run else ""), err=True)
+    for s in specs:
+        click.echo(plan_line(s))
+    if dry_run:
+        return 0
     progress = _progress_printer(store, sweep_id) if backend == "local" else None
     code = Launcher(specs, progress=progress, echo=click.echo).run()
     if backend == "local":
@@ -233,16 +249,21 @@ def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | Non
 
 @cli.command()
 @click.argument("sweep_id")
-@click.option("--gpus", default="all", show_default=True, help="all | none | comma-separated indices")
+@click.option("--gpus", default="all", show_default=True,
+              help="all: the GPUs this process may use (CUDA_VISIBLE_DEVICES as SLURM or a container set it, else "
+                   "every GPU) | none | indices into that list, as torch numbers them, e.g. 0,2")
 @click.option("--gpus-per-trial", default=1, show_default=True)
 @click.option("--workers", type=int, default=None, help="worker processes (default: one per GPU group; "
               "without GPUs, up to 2 CPU workers)")
 @click.option("--count", type=int, default=None, help="trials per worker before it exits")
 @click.option("--project", default=None)
 @click.option("--entity", default=None)
-def agent(sweep_id, gpus, gpus_per_trial, workers, count, project, entity):
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="confine each worker to its share of the cores this process may use")
+@click.option("--dry-run", is_flag=True, help="print the plan, one line per worker, and start nothing")
+def agent(sweep_id, gpus, gpus_per_trial, workers, count, project, entity, pin, dry_run):
     """Run SWEEP_ID's trials: one worker per GPU group, restarted if it dies."""
-    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity))
+    sys.exit(run_agents(sweep_id, gpus, gpus_per_trial, workers, count, project, entity, dry_run=dry_run, pin=pin))
 
 
 @cli.command()
@@ -416,6 +437,70 @@ def report(sweep_id, output, top):
 
 
 @cli.command()
+@click.argument("sweep_id")
+@click.option("--top", default=3, show_default=True, help="distinct configurations taken from the leaderboard")
+@click.option("--folds", default=5, show_default=True, help="stratified folds of all the training data")
+@click.option("--tta", default=None, help="test-time views, comma-separated (default: each configuration's tta)")
+@click.option("--gpus", default="all", show_default=True, help="all | none | comma-separated indices")
+@click.option("--workers", type=int, default=None)
+@click.option("--seed", default=0, show_default=True, help="seed of the folds (shared by every configuration)")
+@click.option("-o", "--output", default="submission.csv", show_default=True)
+@click.option("--project", default=None)
+@click.option("--entity", default=None)
+def finalize(sweep_id, top, folds, tta, gpus, workers, seed, output, project, entity):
+    """Retrain SWEEP_ID's top configurations on K folds of all the data; ensemble; write a submission.
+
+    Prints the ensemble's out-of-fold macro-F1 as the last line (oof_macro_f1: X).
+    """
+    from cvtrain.tta import TTA_VIEWS
+
+    views = [v.strip() for v in tta.split(",") if v.strip()] if tta else None
+    bad = [v for v in views or [] if v not in TTA_VIEWS]
+    if bad or views == []:
+        raise click.BadParameter(f"{tta!r}: views are comma-separated from {', '.join(TTA_VIEWS)}", param_hint="--tta")
+    sys.exit(run_finalize(sweep_id, top, folds, views, gpus, workers, seed, output, project, entity))
+
+
+def run_finalize(sweep_id: str, top: int, folds: int, tta: list | None, gpus: str, workers: int | None, seed: int,
+                 output: str, project: str | None = None, entity: str | None = None) -> int:
+    from .finalize import FinalizeError, collect, finalize_config, find_or_create_final_sweep, select_finalists, \
+        write_outputs
+    from .wandb_backend import log_submission
+
+    backend, parent_store = open_sweep(sweep_id, project, entity)
+    parent = parent_store.get_sweep(sweep_id)
+    try:
+        finalists = select_finalists(parent_store, sweep_id, top)
+        config = finalize_config(parent, finalists, folds, tta, seed)
+    except FinalizeError as exc:
+        raise click.ClickException(str(exc)) from None
+    store = parent_store if backend == "local" else local_store(create=True)
+    final, resumed = find_or_create_final_sweep(store, parent, config)
+    click.echo(f"finalize {parent.id}: {len(finalists)} configuration(s) x {folds} folds = "
+               f"{len(finalists) * folds} fold trials in local sweep {final.id}" + (" (resumed)" if resumed else ""))
+    for f in finalists:
+        click.echo(f"  #{f.index} {f.run} ({parent.metric_name} {f.metric:.4f}): {json.dumps(f.params, sort_keys=True)}")
+    code = run_agents(final.id, gpus, 1, workers, None)
+    if code != 0:
+        click.echo(f"finalize: the agents exited with {code}; run the same command again to resume", err=True)
+        return code
+    try:
+        result = collect(store, store.get_sweep(final.id), finalists, folds)
+        out = write_outputs(result, output, store.root)
+    except FinalizeError as exc:
+        raise click.ClickException(str(exc)) from None
+    where = log_submission(result, out, parent, backend, store.root)
+    click.echo(f"\nout-of-fold macro-F1 ({result.n_images} images, {folds} folds):")
+    for r in result.finalists:
+        click.echo(f"  #{r['index']} {r['run']}: {r['oof_macro_f1']:.4f}  (folds: "
+                   + ", ".join(f"{v:.3f}" for v in r["fold_macro_f1"]) + ")")
+    click.echo(f"  ensemble of {len(result.finalists)}: {result.oof_macro_f1:.4f}")
+    click.echo(f"wrote {out} ({len(result.test_ids)} rows); submission logged to W&B: {where}")
+    click.echo(f"oof_macro_f1: {result.oof_macro_f1:.6f}")
+    return 0
+
+
+@cli.command()
 @click.option("--data-dir", default="data/demo", show_default=True)
 @click.option("--sweep-file", default=None, help="default: sweeps/demo.yaml")
 @click.option("--gpus", default="all", show_default=True)
@@ -446,11 +531,11 @@ def demo(data_dir, sweep_file, gpus, workers):
     if rows:
         where = write_back_leaderboard(store, store.get_sweep(sweep.id), rows, "local", settings().wandb_env())
         click.echo(f"\nleaderboard logged to the offline W&B run in {where}")
+        click.echo(f"\nfinalize: the top 2 configurations retrained on 3 folds of all the data, ensembled "
+                   f"(`cvsweep finalize {sweep.id} --top 2 --folds 3`)")
+        code = code or run_finalize(sweep.id, 2, 3, None, gpus, workers, 0, "submission.csv")
         page = write_report(store, sweep.id, f"report-{sweep.id}.html")
         click.echo(f"sweep report (open in a browser, works offline): {page}")
-        best = store.root / "sweeps" / sweep.id / "trials" / rows[0]["run"] / "checkpoints" / "best.pt"
-        click.echo(f"best trial {rows[0]['run']}; a submission from it:\n"
-                   f"  cvtrain predict --checkpoint={best} --data_dir={data_dir} --output=submission.csv")
     click.echo(f"upload the runs later, with a W&B key and a network: cvsweep sync {sweep.id}")
     sys.exit(code)
 

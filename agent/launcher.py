@@ -1,17 +1,28 @@
 """One worker process per GPU group. Building each worker's command and environment
 is a pure function (tested without spawning); supervising them is a short loop.
+
+Which GPUs: those this process may use (``CUDA_VISIBLE_DEVICES`` as SLURM or a
+container runtime set it, else every GPU NVML sees), resolved by
+:func:`cvtrain.system.visible_gpus` — the same function the worker's system metrics
+use, so ``gpu/0`` is the card ``cuda:0`` trains on. Which cores: those in this
+process's affinity (``os.sched_getaffinity``), split among the workers.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
+
+from cvtrain.system import Gpu, Visible, nvml_gpus, nvml_or_none
 
 MAX_RESTARTS = 5
+MAX_LOADER_WORKERS = 8  # more rarely helps with the decoded-image cache, and each costs memory
 
 
 class LaunchError(ValueError):
@@ -21,49 +32,69 @@ class LaunchError(ValueError):
 @dataclass
 class WorkerSpec:
     slot: int
-    gpus: list[int]
+    gpus: list[Gpu]
     cmd: list[str]
     env: dict
+    cpus: list[int] = field(default_factory=list)  # this worker's share of the allowed cores
+    pin: bool = False  # confine the worker (and the processes it starts) to ``cpus``
     restarts: int = 0
     proc: Optional[subprocess.Popen] = field(default=None, repr=False)
     exit_code: Optional[int] = None
 
 
-def gpu_count() -> int:
-    """GPUs NVML sees (0 without a driver); CUDA_VISIBLE_DEVICES already set narrows nothing here."""
+def nvml_view() -> list[Gpu]:
+    """Every GPU NVML can open here ([] without an NVIDIA driver), whatever CUDA_VISIBLE_DEVICES says."""
+    nvml = nvml_or_none()
+    if nvml is None:
+        return []
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends: no GPU
-        return 0
+        return nvml_gpus(nvml)
+    except nvml.NVMLError as exc:
+        raise LaunchError(f"NVML could not list the GPUs: {exc}; use --gpus none to run on the CPU") from None
+    finally:
+        nvml.nvmlShutdown()
 
 
-def parse_gpus(spec: str, available: int) -> list[int]:
-    """``all`` | ``none`` | ``0,2,3`` -> GPU indices."""
+def describe_visible(visible: Visible, inherited: str | None) -> list[str]:
+    """Where the GPUs come from and which they are, for the plan's header (and warnings)."""
+    source = ("every GPU NVML sees (CUDA_VISIBLE_DEVICES unset)" if inherited is None
+              else f"CUDA_VISIBLE_DEVICES={inherited!r} (inherited)")
+    lines = [f"GPUs this process may use, from {source}: "
+             + (", ".join(f"{i} = {g.describe()}" for i, g in enumerate(visible.gpus)) or "none")]
+    if visible.ignored:
+        lines.append(f"warning: CUDA_VISIBLE_DEVICES entries {', '.join(map(repr, visible.ignored))} name no GPU "
+                     "NVML sees; CUDA ignores them (and any after them), and so do the workers")
+    return lines
+
+
+def parse_gpus(spec: str, visible: Visible, inherited: str | None = None) -> list[Gpu]:
+    """``all`` | ``none`` | ``0,2,3`` -> the chosen GPUs; indices count the visible GPUs, as torch does."""
     spec = (spec or "all").strip().lower()
     if spec == "none":
         return []
+    gpus = visible.gpus
     if spec == "all":
-        return list(range(available))
+        return list(gpus)
     try:
         ids = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
         raise LaunchError(f"--gpus {spec!r}: use all, none, or indices like 0,2,3") from None
-    bad = [i for i in ids if i < 0 or i >= available]
+    if not gpus:
+        why = ("CUDA_VISIBLE_DEVICES is empty" if inherited is not None and not inherited.strip()
+               else "NVML sees no GPU" if inherited is None else f"none of CUDA_VISIBLE_DEVICES={inherited!r} is a GPU here")
+        raise LaunchError(f"--gpus {spec!r}: no GPU is visible to this process ({why}); use --gpus none")
+    bad = [i for i in ids if i < 0 or i >= len(gpus)]
     if bad:
-        raise LaunchError(f"--gpus {spec!r}: GPU(s) {bad} not present; this machine has {available} "
-                          f"(indices 0-{available - 1})" if available else f"--gpus {spec!r}: this machine has no GPU; use --gpus none")
+        where = "every GPU NVML sees" if inherited is None else f"CUDA_VISIBLE_DEVICES={inherited!r}"
+        listing = ", ".join(f"{i} = GPU {g.index} ({g.uuid})" for i, g in enumerate(gpus))
+        raise LaunchError(f"--gpus {spec!r}: GPU(s) {bad} not visible; indices count the {len(gpus)} GPU(s) this "
+                          f"process may use ({where}): {listing}")
     if len(set(ids)) != len(ids):
         raise LaunchError(f"--gpus {spec!r}: an index appears twice")
-    return ids
+    return [gpus[i] for i in ids]
 
 
-def plan_groups(gpus: list[int], gpus_per_trial: int = 1, workers: int | None = None) -> list[list[int]]:
+def plan_groups(gpus: list, gpus_per_trial: int = 1, workers: int | None = None) -> list[list]:
     """Split GPUs into disjoint groups of ``gpus_per_trial``; with no GPU, ``workers`` CPU groups."""
     if gpus_per_trial < 1:
         raise LaunchError("--gpus-per-trial must be >= 1")
@@ -79,19 +110,64 @@ def plan_groups(gpus: list[int], gpus_per_trial: int = 1, workers: int | None = 
     return groups
 
 
-def worker_env(base: Mapping[str, str], gpus: list[int], n_workers: int, cpu_count: int, state_dir: str,
+def cpu_topology(cpu: int) -> tuple[int, int]:
+    """(socket, physical core) of a logical CPU, from sysfs; (0, cpu) where sysfs does not say."""
+    base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+    try:
+        with open(base + "physical_package_id") as pkg, open(base + "core_id") as core:
+            return int(pkg.read()), int(core.read())
+    except (OSError, ValueError):
+        return 0, cpu
+
+
+def allowed_cpus(affinity: Iterable[int] | None = None,
+                 topology: Callable[[int], tuple[int, int]] = cpu_topology) -> list[int]:
+    """The cores this process may run on (its affinity: a SLURM task's, a container's cpuset), ordered
+    socket by socket with hyperthread siblings side by side, so a contiguous share holds whole cores."""
+    if affinity is None:
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return sorted(affinity, key=lambda c: (*topology(c), c))
+
+
+def cpu_shares(cpus: list[int], n: int) -> list[list[int]]:
+    """``cpus`` cut into ``n`` contiguous shares as even as they go; fewer cores than workers: one each, shared."""
+    if not cpus:
+        raise LaunchError("no CPU core in this process's affinity")
+    if len(cpus) < n:
+        return [[cpus[i % len(cpus)]] for i in range(n)]
+    size, extra = divmod(len(cpus), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        out.append(cpus[start:end])
+        start = end
+    return out
+
+
+def loader_workers(threads: int, on_gpu: bool) -> int:
+    """DataLoader processes for a worker with ``threads`` cores: on a GPU, all but the one feeding it;
+    on the CPU none (the decoded-image cache makes loading cheap; loaders would fight training for cores)."""
+    return min(MAX_LOADER_WORKERS, threads - 1) if on_gpu else 0
+
+
+def worker_env(base: Mapping[str, str], gpus: list[Gpu], cpus: list[int], state_dir: str,
                extra: Mapping[str, str] | None = None) -> dict:
-    """The child's environment: its GPUs, its share of CPU threads, where state and runs live."""
+    """The child's environment: its GPUs, its share of the cores, where state and runs live."""
     env = dict(base)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)  # "" hides every GPU from a CPU worker
-    threads = max(1, cpu_count // max(1, n_workers))
+    # wandb saves its service's address in os.environ once this process has used wandb (the demo's
+    # write-back, say): a worker inheriting it would share that service, and a killed worker's run id
+    # would stay "in use" there, so its trial could never resume. Each worker starts its own.
+    env.pop("WANDB_SERVICE", None)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(g.token for g in gpus)  # "" hides every GPU from a CPU worker
+    # Indices mean PCI bus order, as NVML (and so the system metrics) number GPUs; CUDA's default,
+    # fastest first, would put another card under the same index on a machine with mixed GPUs.
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    threads = max(1, len(cpus))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env["CVSWEEP_DIR"] = state_dir
     env.setdefault("PYTHONUNBUFFERED", "1")
-    if not gpus:
-        # The decoded-image cache makes loading cheap; loader processes would fight training for cores.
-        env.setdefault("CVTRAIN_NUM_WORKERS", "0")
+    env.setdefault("CVTRAIN_NUM_WORKERS", str(loader_workers(threads, bool(gpus))))  # a user's setting wins
     env.update(extra or {})
     return env
 
@@ -108,13 +184,42 @@ def worker_command(sweep_id: str, backend: str, slot: int, count: int | None = N
     return cmd
 
 
-def build_specs(sweep_id: str, backend: str, groups: list[list[int]], base_env: Mapping[str, str], state_dir: str,
+def build_specs(sweep_id: str, backend: str, groups: list[list[Gpu]], base_env: Mapping[str, str], state_dir: str,
                 count: int | None = None, project: str | None = None, entity: str | None = None,
-                cpu_count: int | None = None) -> list[WorkerSpec]:
-    cpu = cpu_count or os.cpu_count() or 1
+                cpus: list[int] | None = None, pin: bool = True) -> list[WorkerSpec]:
+    """One spec per group; ``cpus`` (default: this process's allowed cores) split among them.
+
+    ``pin`` confines each worker to its share, when there are enough cores for shares not to overlap.
+    """
+    cpus = allowed_cpus() if cpus is None else cpus
+    shares = cpu_shares(cpus, len(groups))
+    pin = pin and len(cpus) >= len(groups)
     return [WorkerSpec(slot=i, gpus=g, cmd=worker_command(sweep_id, backend, i, count, project, entity),
-                       env=worker_env(base_env, g, len(groups), cpu, state_dir))
-            for i, g in enumerate(groups)]
+                       env=worker_env(base_env, g, share, state_dir), cpus=share, pin=pin)
+            for i, (g, share) in enumerate(zip(groups, shares))]
+
+
+def cpu_ranges(cpus: Iterable[int]) -> str:
+    """[0, 1, 2, 3, 8] -> '0-3,8'."""
+    out: list[str] = []
+    for c in sorted(cpus):
+        if out and out[-1][1] == c - 1:
+            out[-1][1] = c
+        else:
+            out.append([c, c])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in out)
+
+
+def plan_line(s: WorkerSpec) -> str:
+    """One line saying what worker ``s`` gets: devices, cores, threads, loaders, and its command."""
+    where = ", ".join(g.describe() for g in s.gpus) if s.gpus else "CPU"
+    return (f"w{s.slot}: {where} | CUDA_VISIBLE_DEVICES={s.env['CUDA_VISIBLE_DEVICES']} | "
+            f"{'pinned to' if s.pin else 'sharing'} cpus {cpu_ranges(s.cpus)}, {_n(s.env['OMP_NUM_THREADS'], 'thread')}, "
+            f"{_n(s.env['CVTRAIN_NUM_WORKERS'], 'loader worker')} | {shlex.join(s.cmd)}")
+
+
+def _n(count: str, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == "1" else "s")
 
 
 class Launcher:
@@ -135,6 +240,11 @@ class Launcher:
     def _start(self, s: WorkerSpec) -> None:
         s.proc = subprocess.Popen(s.cmd, env=s.env)
         s.exit_code = None
+        if s.pin and s.cpus:
+            # Popen returns once the child has exec'd: it is one thread still starting Python, so every
+            # thread and DataLoader process it makes later inherits this mask.
+            with contextlib.suppress(ProcessLookupError):  # it exited already: the supervisor loop sees that
+                os.sched_setaffinity(s.proc.pid, s.cpus)
 
     def _on_signal(self, signum, frame) -> None:
         self._signal = signum

@@ -29,6 +29,7 @@ class ReportData:
     rows: list[dict]                      # leaderboard, best first
     curves: dict[str, list[dict]] = field(default_factory=dict)   # trial name -> per-epoch metrics
     best_files: dict = field(default_factory=dict)                # confusion matrix, per-class report
+    final: dict | None = None             # `cvsweep finalize` results (final.json), when there are any
 
 
 def flatten_params(params: dict, prefix: str = "") -> dict:
@@ -57,6 +58,12 @@ def collect(store: RunStore, sweep_id: str, curves_for: int = 10) -> ReportData:
                 p = Path(out_dir) / fname
                 if p.is_file():
                     data.best_files[key] = json.loads(p.read_text())
+    from .finalize import final_path
+    from .store import state_dir
+
+    fp = final_path(getattr(store, "root", None) or state_dir(), sweep.id)
+    if fp.is_file():
+        data.final = json.loads(fp.read_text())
     return data
 
 
@@ -162,6 +169,33 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
   });
 });
 """
+
+
+def _final_section(page: "Page", final: dict, metric: str) -> None:
+    """`cvsweep finalize`: out-of-fold macro-F1 per configuration and for the ensemble."""
+    import plotly.graph_objects as go
+
+    page.add(f"<h2 id='final'>Final: {len(final['finalists'])} configuration(s) x {final['folds']} folds</h2>"
+             f"<p class='muted'>Retrained on {final['folds']} stratified folds of all {final['n_images']} training "
+             f"images (local sweep {html.escape(final['final_sweep'])}); out-of-fold macro-F1 from held-out "
+             "predictions of each fold's final epoch. The submission averages the softmax over folds, "
+             "configurations and test-time views.</p>")
+    body = "".join(
+        f"<tr><td class='num'>{r['index']}</td><td>{html.escape(r['run'])}</td>"
+        f"<td class='num'>{r['parent_metric']:.4f}</td><td class='num'>{r['oof_macro_f1']:.4f}</td>"
+        f"<td>{', '.join(f'{v:.3f}' for v in r['fold_macro_f1'])}</td></tr>" for r in final["finalists"])
+    page.add(f"<table><thead><tr><th>#</th><th>from trial</th><th>sweep {html.escape(metric)}</th>"
+             "<th>OOF macro-F1</th><th>per fold</th></tr></thead><tbody>" + body +
+             f"<tr><td></td><td><b>ensemble</b></td><td></td><td class='num'><b>{final['oof_macro_f1']:.4f}</b></td>"
+             "<td></td></tr></tbody></table>")
+    names = final["class_names"]
+    page.figure(go.Figure(go.Heatmap(z=final["confusion"], x=names, y=names, colorscale="Blues",
+                                     hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
+                .update_layout(title=f"ensemble, out of fold (macro-F1 {final['oof_macro_f1']:.4f})", height=620,
+                               xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed"),
+                "final-confusion")
+    if final.get("submission"):
+        page.note(f"Submission: {final['submission']}")
 
 
 def _num(x) -> str:
@@ -304,6 +338,9 @@ def build_html(data: ReportData, top: int = 20) -> str:
     if not data.best_files:
         page.note("The best trial's confusion matrix files (confusion_matrix.json, per_class.json) are not on this "
                   "machine." if rows else "No best trial yet.")
+
+    if data.final:
+        _final_section(page, data.final, metric)
 
     # -- failures ----------------------------------------------------------------
     page.add("<h2>Failures</h2>")

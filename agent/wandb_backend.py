@@ -4,6 +4,8 @@ Everything goes through wandb's own client; tests replace it at that boundary.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from .store import RunStore, Sweep
 
 
@@ -68,3 +70,29 @@ def _cell(v):
 
         return json.dumps(v, sort_keys=True)
     return v
+
+
+def log_submission(result, submission, sweep: Sweep, backend: str, state_root) -> str:
+    """A ``finalize`` run grouped with the parent sweep: the submission as an artifact, OOF figures in its
+    metadata and summary. Local sweeps get an offline run (``cvsweep sync`` uploads it)."""
+    import wandb
+
+    meta = {"oof_macro_f1": result.oof_macro_f1, "folds": result.folds, "parent_sweep": result.parent,
+            "final_sweep": result.final_sweep, "n_images": result.n_images,
+            "finalists": [{"index": f["index"], "run": f["run"], "oof_macro_f1": f["oof_macro_f1"]}
+                          for f in result.finalists]}
+    kwargs = dict(project=sweep.project or "cvsweep", entity=sweep.entity, group=result.parent, job_type="finalize",
+                  name=f"{sweep.name or sweep.id}-submission", mode="online" if backend == "wandb" else "offline",
+                  tags=["cvsweep", f"sweep-{result.parent}", "finalize"], config=meta,
+                  settings=wandb.Settings(silent=True), reinit="finish_previous")
+    if backend == "local":
+        kwargs["dir"] = str(Path(state_root) / "sweeps" / result.parent)
+    run = wandb.init(**{k: v for k, v in kwargs.items() if v is not None})
+    run.summary.update({"oof_macro_f1": result.oof_macro_f1,
+                        **{f"oof_macro_f1/{f['index']}": f["oof_macro_f1"] for f in result.finalists}})
+    art = wandb.Artifact(f"submission-{result.parent}", type="submission", metadata=meta)
+    art.add_file(str(submission), name=Path(submission).name)
+    run.log_artifact(art, aliases=["latest"])
+    where = run.dir if backend == "local" else run.url
+    run.finish()
+    return str(where)

@@ -62,6 +62,7 @@ class WandbConfig:
     job_type: str = "train"
     run_name: str | None = None   # None: made from the config by create_run_name
     run_id: str | None = None     # set to continue an existing W&B run on --resume
+    parent_sweep: str | None = None  # finalize runs: the sweep their configuration comes from
     log_artifacts: bool = True
     save_requirements: bool = True  # W&B's pip-package list per run (~0.15 s; sweep workers turn it off)
 
@@ -125,6 +126,9 @@ class DataConfig:
     stratify: bool = True
     folds: int = 0           # >1: k-fold; `fold` selects the validation fold
     fold: int = 0
+    split_seed: int | None = None  # seed of the split/folds; None: the run's seed
+    test_dir: str = "test"   # test images (predict, save_predictions)
+    sample_submission: str = "sample_submission.csv"  # test IDs in submission order
     resize: str = "pad"      # pad keeps the aspect ratio; stretch does not
     num_workers: int = 2
     cache_dir: str | None = None   # None: $XDG_CACHE_HOME/cvtrain or ~/.cache/cvtrain
@@ -145,6 +149,7 @@ class PathsConfig:
     checkpoint_dir: str | None = None  # None: <output_dir>/checkpoints
     save_last: bool = True
     keep_checkpoints: str = "best"     # what an ended run keeps: best | last | all | none (cvtrain.checkpoint)
+    save_predictions: bool = False     # write the final epoch's val and test probabilities (finalize)
 
 
 GROUPS: dict[str, type] = {
@@ -155,6 +160,9 @@ GROUPS: dict[str, type] = {
     "paths": PathsConfig,
 }
 SECRET_FIELDS = frozenset({"api_key"})
+#: A sweep parameter holding a whole configuration (a mapping of settings), applied in its
+#: layer's place: a finalize sweep is a grid over (candidate, fold).
+CANDIDATE = "candidate"
 NESTED = {"mixup": MixupConfig, "augment": AugmentConfig}
 
 
@@ -212,7 +220,7 @@ PARAM_KEYS = sorted(k for k in FIELD_GROUP if k not in SECRET_FIELDS)
 
 def known_param_paths() -> list[str]:
     """Every settable key, with nested ones dotted (``mixup.alpha``)."""
-    out = list(PARAM_KEYS)
+    out = list(PARAM_KEYS) + [CANDIDATE]
     for n, sub in NESTED_FIELDS.items():
         out += [f"{n}.{k}" for k in sub]
     return sorted(out)
@@ -379,7 +387,8 @@ def resolve(*layers: dict[str, tuple[Any, str]], check_model: bool = False) -> C
     cfg.sources = {k: "default" for k in KNOWN_KEYS}
     problems: list[str] = []
     for layer in layers:
-        for key, (value, source) in layer.items():
+        # A candidate is a whole configuration: the layer's other keys (fold, say) win over it.
+        for key, (value, source) in sorted(layer.items(), key=lambda kv: kv[0] != CANDIDATE):
             _apply(cfg, key, value, source, problems)
     problems += validate_config(cfg, check_model=check_model)
     if problems:
@@ -388,13 +397,22 @@ def resolve(*layers: dict[str, tuple[Any, str]], check_model: bool = False) -> C
 
 
 def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) -> None:
+    if key == CANDIDATE:
+        if isinstance(value, str):
+            value = parse_literal(value)
+        if not isinstance(value, dict):
+            problems.append(f"{CANDIDATE}={value!r} (from {source}): must be a mapping of settings")
+            return
+        for k, v in value.items():
+            _apply(cfg, k, v, f"{source} {CANDIDATE}", problems)
+        return
     head, _, sub = key.partition(".")
     if head in GROUPS and sub and "." not in sub:
         head, sub = sub, ""  # "experiment.learning_rate" -> "learning_rate"
     if head not in FIELD_GROUP:
         problems.append(f"{key}: unknown setting (from {source}){close_matches(head, known_param_paths())}")
         return
-    if head in SECRET_FIELDS and source == "sweep":
+    if head in SECRET_FIELDS and source.startswith("sweep"):
         problems.append(f"{key}: cannot be set by a sweep")
         return
     group = getattr(cfg, FIELD_GROUP[head])

@@ -41,6 +41,10 @@ class DatasetIndex:
     labels: list[int]
     class_names: list[str]
     root: str
+    ids: list[str] | None = None   # train.csv IDs (competition layout); None: relative paths
+
+    def image_ids(self) -> list[str]:
+        return self.ids if self.ids is not None else [os.path.relpath(p, self.root) for p in self.paths]
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +103,7 @@ def _competition_index(root: Path, cfg: DataConfig) -> DatasetIndex:
         rows = list(reader)
     names = read_class_names(root, cfg.meta_csv)
     img_dir = root / cfg.image_dir
-    paths, labels, problems = [], [], []
+    paths, labels, ids, problems = [], [], [], []
     for n, r in enumerate(rows, start=2):
         try:
             labels.append(int(r["target"]))
@@ -107,11 +111,12 @@ def _competition_index(root: Path, cfg: DataConfig) -> DatasetIndex:
             problems.append(f"{csv_path}:{n}: target {r['target']!r} is not an integer")
             continue
         paths.append(str(resolve_image(img_dir, r["ID"])))
+        ids.append(r["ID"])
     if problems:
         raise DataError("\n".join(problems))
     n_classes = max(max(labels) + 1, max(names) + 1 if names else 0)
     class_names = [names.get(i, str(i)) for i in range(n_classes)]
-    return DatasetIndex(paths, labels, class_names, str(root))
+    return DatasetIndex(paths, labels, class_names, str(root), ids)
 
 
 def resolve_image(img_dir: Path, image_id: str) -> Path:
@@ -129,9 +134,14 @@ def resolve_image(img_dir: Path, image_id: str) -> Path:
 # Splits
 # ---------------------------------------------------------------------------
 def split_indices(labels: list[int], cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (stratified) train/val split, or the train/val indices of fold ``cfg.fold``."""
+    """Seeded (stratified) train/val split, or the train/val indices of fold ``cfg.fold``.
+
+    ``cfg.split_seed``, when set, seeds the split instead of ``seed``: runs with other
+    seeds then share their folds (finalize's out-of-fold estimates need that).
+    """
     from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+    seed = seed if cfg.split_seed is None else cfg.split_seed
     y = np.asarray(labels)
     idx = np.arange(len(y))
     counts = np.bincount(y)

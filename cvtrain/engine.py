@@ -233,7 +233,7 @@ def evaluate(model, loader, normalize, num_classes: int, autocast=contextlib.nul
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total, n = 0.0, 0
-    preds, labels = [], []
+    probs, labels = [], []
     for x, y in loader:
         x = normalize(x)
         y = y.to(x.device)
@@ -241,12 +241,13 @@ def evaluate(model, loader, normalize, num_classes: int, autocast=contextlib.nul
             out = model(x)
         total += float(loss_fn(out.float(), y))
         n += y.shape[0]
-        preds.append(out.argmax(1).cpu())
+        probs.append(torch.softmax(out.float(), dim=1).cpu())
         labels.append(y.cpu())
     y_true = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=int)
-    y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
+    p = torch.cat(probs).numpy() if probs else np.zeros((0, num_classes), dtype=np.float32)
+    y_pred = p.argmax(1) if len(p) else np.zeros(0, dtype=int)
     m = epoch_metrics(y_true, y_pred)
-    return {"val_loss": total / max(n, 1), "val_acc": m["acc"], "val_f1": m["f1"]}, y_true, y_pred
+    return {"val_loss": total / max(n, 1), "val_acc": m["acc"], "val_f1": m["f1"]}, y_true, y_pred, p
 
 
 # ---------------------------------------------------------------------------
@@ -281,6 +282,7 @@ class Session:
     resumed_from: Optional[Path]
     run: object = None
     monitor: Optional[SystemMonitor] = None
+    val_probs: Optional[np.ndarray] = None   # the last epoch's softmax on the validation images
 
     @property
     def log_fn(self):
@@ -406,7 +408,8 @@ def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
         progress=s.cfg.logging.progress)
     if interrupted:
         return None
-    val_m, y_true, y_pred = evaluate(s.model, s.data.val_loader, s.normalize, s.num_classes, s.autocast)
+    val_m, y_true, y_pred, s.val_probs = evaluate(s.model, s.data.val_loader, s.normalize, s.num_classes,
+                                                   s.autocast)
     lr = s.optimizer.param_groups[0]["lr"]
     if s.scheduler is not None:
         s.scheduler.step(epoch)
@@ -464,6 +467,8 @@ def _end(s: Session, outcome: Outcome) -> TrainResult:
         _final_reports(s.run, s.out_dir, s.state, s.data.index.class_names, s.num_classes)
     if s.cfg.wandb.log_artifacts:
         _log_checkpoints(s)
+    if s.cfg.paths.save_predictions and outcome.state == "finished":
+        _save_predictions(s)
     _summary_to_run(s.run, summary)
     _write_json(s.out_dir / "summary.json", summary)
     finish_run(s.run, 0)
@@ -489,6 +494,37 @@ def _log_checkpoints(s: Session) -> None:
         save_model_artifact(s.run, best, aliases=["best", f"epoch-{st.best_epoch}"], metadata=meta)
     if last.exists() and (st.epoch != st.best_epoch or not best.exists()):
         save_model_artifact(s.run, last, aliases=["latest", f"epoch-{st.epoch}"], metadata={**meta, "epoch": st.epoch})
+
+
+def _save_predictions(s: Session) -> None:
+    """The final epoch's model: softmax on its validation images (by ID) and, when the data has a
+    test set, on the test images with the ``tta`` views. Finalize builds OOF estimates and the
+    ensemble from these files; the final epoch (not the best) keeps the OOF estimate honest."""
+    from .predict import test_probs
+
+    ids, labels = s.data.index.image_ids(), s.data.index.labels
+    rows = [(ids[j], labels[j]) for j in s.data.val_ds.indices]
+    _write_probs(s.out_dir / "val_predictions.csv", ["ID", "target"], rows, s.val_probs)
+    root = Path(s.cfg.data.data_dir)
+    if not (root / s.cfg.data.sample_submission).is_file():
+        log.info("no %s in %s: no test predictions", s.cfg.data.sample_submission, root)
+        return
+    e, d = s.cfg.experiment, s.cfg.data
+    _, test_ids, probs = test_probs(s.model, root, e.img_size, d.resize, list(e.tta), s.device,
+                                    test_dir=d.test_dir, sample_submission=d.sample_submission,
+                                    cache_dir=d.cache_dir, batch_size=e.batch_size * 2)
+    _write_probs(s.out_dir / "test_predictions.csv", ["ID"], [(i,) for i in test_ids], probs.numpy())
+
+
+def _write_probs(path: Path, head: list[str], rows: list[tuple], probs: np.ndarray) -> None:
+    import csv
+
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(head + [f"p{c}" for c in range(probs.shape[1])])
+        w.writerows([*r, *(f"{v:.6g}" for v in p)] for r, p in zip(rows, probs))
+    tmp.replace(path)
 
 
 def _summary_to_run(run, summary: dict) -> None:

@@ -38,29 +38,46 @@ def predict_probs(model, images, normalize, views: list[str], batch_size: int) -
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def read_test_set(root: str | Path, test_dir: str = "test", sample_submission: str = "sample_submission.csv"):
+    """(header, IDs, image paths) of the test set, in ``sample_submission.csv`` order."""
+    root = Path(root)
+    sub_path = root / sample_submission
+    if not sub_path.is_file():
+        raise FileNotFoundError(f"{sub_path} does not exist: predictions are written in its order")
+    with sub_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or ["ID", "target"]
+        ids = [r[fields[0]] for r in reader]
+    return fields[:2], ids, [str(resolve_image(root / test_dir, i)) for i in ids]
+
+
+def test_probs(model, data_dir: str | Path, img_size: int, resize: str, views: list[str], device: torch.device,
+               *, test_dir: str = "test", sample_submission: str = "sample_submission.csv",
+               cache_dir: str | None = None, batch_size: int = 64, progress: bool = False):
+    """(header, IDs, softmax probabilities averaged over ``views``) for the test set."""
+    fields, ids, paths = read_test_set(data_dir, test_dir, sample_submission)
+    decoded = load_or_build_cache(paths, img_size, resize, cache_dir, progress=progress)
+    check_bad_images(decoded.bad, skip=False)
+    return fields, ids, predict_probs(model, decoded.array, Normalizer(device, False), views, batch_size)
+
+
+def write_submission(path: str | Path, fields: list[str], ids: list[str], preds) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(fields[:2])
+        w.writerows(zip(ids, (int(p) for p in preds)))
+    return out
+
+
 def predict_submission(checkpoint: str, data_dir: str, output: str = "submission.csv", test_dir: str = "test",
                        sample_submission: str = "sample_submission.csv", tta=None, batch_size: int = 64,
                        device: str = "auto", cache_dir: str | None = None) -> Path:
     dev = select_device(device)
     model, cfg, _ = load_for_inference(checkpoint, dev)
     views = cfg.experiment.tta if tta is None or tta is True else (["none"] if tta is False else list(tta))
-    root = Path(data_dir)
-    sub_path = root / sample_submission
-    if not sub_path.is_file():
-        raise FileNotFoundError(f"{sub_path} does not exist: predict writes rows in its order")
-    with sub_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or ["ID", "target"]
-        ids = [r["ID"] for r in reader]
-    paths = [str(resolve_image(root / test_dir, i)) for i in ids]
-    decoded = load_or_build_cache(paths, cfg.experiment.img_size, cfg.data.resize, cache_dir or cfg.data.cache_dir)
-    check_bad_images(decoded.bad, skip=False)
-    probs = predict_probs(model, decoded.array, Normalizer(dev, False), views, batch_size)
-    preds = probs.argmax(1).tolist()
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(fields[:2])
-        w.writerows(zip(ids, preds))
-    return out
+    fields, ids, probs = test_probs(model, data_dir, cfg.experiment.img_size, cfg.data.resize, views, dev,
+                                    test_dir=test_dir, sample_submission=sample_submission,
+                                    cache_dir=cache_dir or cfg.data.cache_dir, batch_size=batch_size, progress=True)
+    return write_submission(output, fields, ids, probs.argmax(1).tolist())

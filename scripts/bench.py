@@ -38,7 +38,7 @@ Targets (from the issues) and what each figure includes and excludes:
   ``sweep_busy_share_steady`` leaves out what is paid once per worker (start, the first trial's
   setup with the imports and the cold cache) and the tail: what a longer sweep tends to.
 - Also: per-trial fixed cost <= 0.5 s and >= 10x less than a process per trial; 2 workers vs 1
-  >= 1.7x trials/hour.
+  >= 1.7x trials/hour; finalize (its own docstring).
 """
 from __future__ import annotations
 
@@ -489,9 +489,51 @@ def bench_workers(work: Path) -> None:
     emit("decoded_cache_file_mb", sum(p.stat().st_size for p in (work / "cache-w").glob("*.npy")) / 2**20)
 
 
+def bench_finalize(work: Path) -> None:
+    """`cvsweep finalize` on the demo data: the ensemble's out-of-fold macro-F1 against the best single
+    configuration's (same folds, same run), and finalize's wall time relative to one parent trial.
+
+    Parent: a 6-point grid (2 backbones x 3 learning rates, 8 epochs at 64 px, 2 CPU workers) on the
+    demo data (204 train images); finalize: its top 3 configurations x 3 folds, 2 workers. The wall time
+    covers the whole command (workers' start, 9 fold trials, test predictions, aggregation, W&B log);
+    one trial is the parent trials' median from claim to end.
+    """
+    import yaml
+
+    from cvtrain.demo_data import make_demo_data
+
+    data = make_demo_data(work / "data-finalize", seed=11)
+    state = work / "state-finalize"
+    cfg = {"name": "fin", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
+           "parameters": {"data_dir": {"value": str(data)}, "img_size": {"value": 64}, "epochs": {"value": 8},
+                          "batch_size": {"value": 32}, "cache_dir": {"value": str(work / "cache")},
+                          "system_interval": {"value": 5.0}, "model_name": {"values": ["test_resnet", "resnet10t"]},
+                          "learning_rate": {"values": [0.001, 0.003, 0.01]}}}
+    f = work / "fin.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    sid = _create(f, state)
+    subprocess.run([PY, "-m", "agent", "agent", sid, "--gpus", "none", "--workers", "2"], env=env_for(state),
+                   check=True, capture_output=True)
+    trial_s = statistics.median(r["finished_at"] - r["started_at"] for r in _trials(state))
+    t0 = time.perf_counter()
+    r = subprocess.run([PY, "-m", "agent", "finalize", sid, "--top", "3", "--folds", "3", "--gpus", "none",
+                        "--workers", "2", "-o", str(work / "submission.csv")], env=env_for(state), check=True,
+                       capture_output=True, text=True, cwd=work)
+    wall = time.perf_counter() - t0
+    final = json.loads((state / "sweeps" / sid / "final.json").read_text())
+    best_single = max(x["oof_macro_f1"] for x in final["finalists"])
+    emit("finalize_workload", "top 3 of a 6-trial demo sweep x 3 folds, 204 train images, 64 px, 2 CPU workers")
+    emit("finalize_oof_macro_f1_ensemble", final["oof_macro_f1"])
+    emit("finalize_oof_macro_f1_best_single", best_single)
+    emit("finalize_oof_f1_gain", final["oof_macro_f1"] - best_single)
+    emit("finalize_wall_s", wall)
+    emit("finalize_wall_vs_one_trial", wall / trial_s)
+    assert r.stdout.strip().splitlines()[-1].startswith("oof_macro_f1: ")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="overhead,cache,fixed,claim,workers,sweep")
+    ap.add_argument("--only", default="overhead,cache,fixed,claim,workers,sweep,finalize")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -520,6 +562,8 @@ def main() -> int:
             bench_workers(work)
         if "sweep" in only:
             bench_sweep(work)
+        if "finalize" in only:
+            bench_finalize(work)
         emit("load_average_at_end", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     finally:
         if not a.keep:

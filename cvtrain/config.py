@@ -34,6 +34,7 @@ AMP_DTYPES = ("bf16", "fp16")
 RESIZE_MODES = ("pad", "stretch")
 KEEP_CHECKPOINTS = ("best", "last", "all", "none")
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_ON = ("device", "cpu")
 
 #: Environment variables read for W&B settings, by field.
 WANDB_ENV = {
@@ -131,6 +132,7 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"  # test IDs in submission order
     resize: str = "pad"      # pad keeps the aspect ratio; stretch does not
     num_workers: int = 2
+    augment_on: str = "device"     # device: batched on the training device; cpu: per sample in the loader
     cache_dir: str | None = None   # None: $XDG_CACHE_HOME/cvtrain or ~/.cache/cvtrain
     skip_bad_images: bool = False
 
@@ -478,6 +480,8 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("resize", f"allowed: {', '.join(RESIZE_MODES)}")
     if cfg.paths.keep_checkpoints not in KEEP_CHECKPOINTS:
         bad("keep_checkpoints", f"allowed: {', '.join(KEEP_CHECKPOINTS)}{close_matches(cfg.paths.keep_checkpoints, KEEP_CHECKPOINTS)}")
+    if d.augment_on not in AUGMENT_ON:
+        bad("augment_on", f"allowed: {', '.join(AUGMENT_ON)}{close_matches(d.augment_on, AUGMENT_ON)}")
     for name, lo in (("img_size", 16), ("batch_size", 1), ("epochs", 1), ("log_interval", 1)):
         if cfg.get(name) < lo:
             bad(name, f"must be >= {lo}")

@@ -307,7 +307,13 @@ def jpeg_damage(img: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 class CachedImageDataset(torch.utils.data.Dataset):
-    """Items are (uint8 CHW tensor, label); normalisation happens on the device, per batch."""
+    """Items are (uint8 CHW tensor, label); normalisation happens on the device, per batch.
+
+    ``ds[list_of_positions]`` answers a whole batch, (uint8 NCHW, int64 labels), with one
+    fancy-index of the memory-mapped cache: the loader's only work when augmentation runs on
+    the device (``aug=None``). With ``aug`` set (``augment_on=cpu``), each sample is augmented
+    here, one at a time, with its own generator seeded by (seed, epoch, image).
+    """
 
     def __init__(self, images: np.ndarray, labels, indices, aug: AugmentConfig | None = None, seed: int = 0):
         self.images = images
@@ -323,10 +329,20 @@ class CachedImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i):
+        if not isinstance(i, (int, np.integer)):
+            return self.batch(i)
         j = int(self.indices[i])
         img = torch.from_numpy(np.array(self.images[j])).permute(2, 0, 1)
         if self.aug is not None:
             g = torch.Generator().manual_seed(hash((self.seed, self.epoch, j)) & 0x7FFFFFFF)
             img = augment(img, self.aug, g)
         return img.contiguous(), int(self.labels[j])
+
+    def batch(self, positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 (N, 3, H, W), int64 (N,)) for these positions; NCHW is a view of the cache's NHWC rows."""
+        js = self.indices[np.asarray(positions, dtype=np.int64)]
+        labels = torch.from_numpy(self.labels[js])
+        if self.aug is not None:
+            return torch.stack([self[int(p)][0] for p in positions]), labels
+        return torch.from_numpy(np.ascontiguousarray(self.images[js])).permute(0, 3, 1, 2), labels

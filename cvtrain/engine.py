@@ -31,6 +31,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import data as D
 from .config import Config, ConfigError, validate_config
+from .loader import DeviceBatches, batch_loader
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
 from .model import build_model, model_stats
 from .system import SystemMonitor, environment_info
@@ -101,7 +102,8 @@ class Normalizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.mean.device, non_blocking=True).float()
         x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        # Batches arrive NCHW or as NCHW views of the cache's NHWC rows: give the model one layout.
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
 @dataclass
@@ -109,9 +111,9 @@ class DataBundle:
     index: D.DatasetIndex
     train_ds: D.CachedImageDataset
     val_ds: D.CachedImageDataset
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-    generator: torch.Generator
+    train_loader: DeviceBatches     # uint8 batches on the device, augmented (set_epoch on train_ds)
+    val_loader: DeviceBatches
+    generator: torch.Generator      # the shuffle's; reseeded every epoch
 
 
 def build_data(cfg: Config, device: torch.device) -> DataBundle:
@@ -125,16 +127,20 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
         tr, va = tr[keep[tr]], va[keep[va]]
     if len(tr) < e.batch_size and (e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0):
         raise ConfigError([f"batch_size={e.batch_size}: larger than the {len(tr)} training images"])
-    train_ds = D.CachedImageDataset(decoded.array, index.labels, tr, aug=e.augment, seed=e.seed)
+    on_device = d.augment_on == "device"
+    # augment_on=cpu: the dataset augments each sample in the workers, which must then be re-created
+    # every epoch to see the new epoch; on the device the workers only slice, and persist.
+    train_ds = D.CachedImageDataset(decoded.array, index.labels, tr, aug=None if on_device else e.augment, seed=e.seed)
     val_ds = D.CachedImageDataset(decoded.array, index.labels, va, aug=None)
     g = torch.Generator()
     pin = device.type == "cuda"
-    common = dict(num_workers=d.num_workers, pin_memory=pin, persistent_workers=False)
     use_mixup = e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0
-    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=e.batch_size, shuffle=True, generator=g,
-                                               drop_last=use_mixup and len(tr) >= e.batch_size, **common)
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=e.batch_size * 2, shuffle=False, **common)
-    return DataBundle(index, train_ds, val_ds, train_loader, val_loader, g)
+    train = batch_loader(train_ds, e.batch_size, shuffle=True, generator=g, num_workers=d.num_workers,
+                         drop_last=use_mixup and len(tr) >= e.batch_size, pin_memory=pin, persistent_workers=on_device)
+    val = batch_loader(val_ds, e.batch_size * 2, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
+    return DataBundle(index, train_ds, val_ds,
+                      DeviceBatches(train, device, aug=e.augment if on_device else None, seed=e.seed),
+                      DeviceBatches(val, device), g)
 
 
 def build_optimization(cfg: Config, model: nn.Module, num_classes: int):

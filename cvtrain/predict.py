@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt
@@ -11,7 +12,7 @@ from .config import ExperimentConfig, mapping_layer, resolve
 from .data import check_bad_images, load_or_build_cache, resolve_image
 from .engine import Normalizer, select_device
 from .model import build_model
-from .tta import apply_view
+from .tta import stack_views
 
 
 def load_for_inference(checkpoint: str | Path, device: torch.device):
@@ -28,12 +29,21 @@ def load_for_inference(checkpoint: str | Path, device: torch.device):
 
 @torch.no_grad()
 def predict_probs(model, images, normalize, views: list[str], batch_size: int) -> torch.Tensor:
-    """Mean softmax over the TTA views; ``images`` is (N, H, W, 3) uint8."""
+    """Mean softmax over the TTA views; ``images`` is (N, H, W, 3) uint8.
+
+    All views of a chunk of images go through the model in one forward pass of at most
+    ``batch_size`` views (at least one image's), made on the device from the uint8 chunk.
+    """
+    device = normalize.mean.device
+    per = max(1, batch_size // max(1, len(views)))
     out = []
-    for s in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[s:s + batch_size].copy()).permute(0, 3, 1, 2)
-        x = normalize(x)
-        p = sum(torch.softmax(model(apply_view(x, v)).float(), dim=1) for v in views) / len(views)
+    for s in range(0, len(images), per):
+        x = torch.from_numpy(np.array(images[s:s + per])).permute(0, 3, 1, 2)  # a copy: the cache is read-only
+        if device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(device, non_blocking=True)
+        logits = model(normalize(stack_views(x, views))).float()
+        p = torch.softmax(logits, dim=1).view(len(views), x.shape[0], -1).mean(0)
         out.append(p.cpu())
     return torch.cat(out) if out else torch.zeros(0)
 

@@ -1,4 +1,4 @@
-"""Test-time views: the rotations and flips the documents' test set has."""
+"""Test-time views: the rotations and flips the documents' test set has, batched."""
 from __future__ import annotations
 
 import torch
@@ -17,3 +17,8 @@ def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
     if view == "vflip":
         return torch.flip(x, dims=(2,))
     raise ValueError(f"unknown TTA view {view!r}; allowed: {', '.join(TTA_VIEWS)}")
+
+
+def stack_views(x: torch.Tensor, views: list[str]) -> torch.Tensor:
+    """All ``views`` of a square batch (N, C, H, W) as one batch (V*N, C, H, W), view-major."""
+    return torch.cat([apply_view(x, v) for v in views])

@@ -110,3 +110,14 @@ def test_command_line_reports_a_bad_model_together_with_the_other_problems(capsy
     err = capsys.readouterr().err
     assert "model_name='resnett18' (from cli): not a timm model" in err and "resnet18" in err
     assert "epochs=0 (from cli): must be >= 1" in err and "optimizer='adamm'" in err
+
+
+def test_augment_on_is_device_or_cpu_and_listed_in_help(capsys):
+    from cvtrain.cli import main
+
+    assert resolve().data.augment_on == "device"
+    assert resolve(mapping_layer({"augment_on": "cpu"}, "cli")).data.augment_on == "cpu"
+    with pytest.raises(ConfigError) as err:
+        resolve(mapping_layer({"augment_on": "gpu"}, "cli"))
+    assert "augment_on='gpu' (from cli): allowed: device, cpu" in str(err.value)
+    assert main(["--help"]) == 0 and "augment_on" in capsys.readouterr().out

@@ -3,6 +3,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 
 from cvtrain import data as D
 from cvtrain.config import DataConfig
@@ -106,3 +107,46 @@ def test_augmentation_is_deterministic_per_seed_epoch_and_index(demo_dir, cache_
     x3, _ = ds[4]
     assert x1.dtype.is_floating_point is False and x1.shape == (3, 32, 32) and y1 == idx.labels[4]
     assert (x1 == x2).all() and not (x1 == x3).all()
+
+
+def test_a_batch_is_one_slice_of_the_cache_and_equals_its_items(demo_dir, cache_dir):
+    idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
+    arr = D.load_or_build_cache(idx.paths, 32, "pad", cache_dir, progress=False).array
+    ds = D.CachedImageDataset(arr, idx.labels, [5, 9, 2, 40, 7])
+    x, y = ds[[3, 0, 4]]
+    assert x.dtype == torch.uint8 and x.shape == (3, 3, 32, 32)
+    for k, pos in enumerate((3, 0, 4)):
+        img, label = ds[pos]
+        assert torch.equal(x[k], img) and int(y[k]) == label
+
+
+def _epoch_batches(ds, workers: int, epoch: int, aug):
+    from cvtrain.loader import DeviceBatches, batch_loader
+
+    g = torch.Generator()
+    loader = DeviceBatches(batch_loader(ds, 8, shuffle=True, generator=g, num_workers=workers), "cpu", aug=aug, seed=3)
+    out = []
+    for e in (0, epoch):  # through the same (persistent) workers: the epoch must still reach the draws
+        ds.set_epoch(e)
+        g.manual_seed(100 + e)
+        out.append([(x.clone(), y.clone()) for x, y in loader])
+    return out[1]
+
+
+def test_device_batches_are_the_same_for_any_worker_count_and_change_with_the_epoch(demo_dir, cache_dir):
+    from cvtrain.config import AugmentConfig
+
+    idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
+    arr = D.load_or_build_cache(idx.paths, 32, "pad", cache_dir, progress=False).array
+    ds = D.CachedImageDataset(arr, idx.labels, range(30))
+    aug = AugmentConfig(rotate=0.5, flip=0.5, affine=0.5, blur=0.5, noise=0.5, jpeg=0.5)
+    in_process, two_workers = _epoch_batches(ds, 0, 1, aug), _epoch_batches(ds, 2, 1, aug)
+    assert [len(y) for _, y in in_process] == [8, 8, 8, 6]
+    for (xa, ya), (xb, yb) in zip(in_process, two_workers):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    other_epoch = _epoch_batches(ds, 0, 2, aug)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(in_process, other_epoch))
+    plain = _epoch_batches(ds, 2, 1, None)  # no augmentation: exactly the cache's images and labels, shuffled
+    seen = sorted((xi.permute(1, 2, 0).numpy().tobytes(), int(yi)) for x, y in plain for xi, yi in zip(x, y))
+    assert seen == sorted((np.asarray(arr[j]).tobytes(), idx.labels[j]) for j in range(30))
+    assert [int(v) for _, y in plain for v in y] != [idx.labels[j] for j in range(30)]  # shuffled

@@ -84,6 +84,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny, tmp_path):
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
+def test_the_per_sample_cpu_augmentation_path_stays_available(tiny):
+    result = train(tiny(epochs=1, augment_on="cpu", mode="disabled"))
+    assert result.state == "finished" and result.history[0]["train_loss"] > 0
+
+
 def test_non_finite_loss_fails_the_run_naming_epoch_and_step(demo_dir, cache_dir, tmp_path):
     out = tmp_path / "nan"
     proc = subprocess.run([PY, "-m", "cvtrain", f"--data_dir={demo_dir}", "--model_name=test_resnet",

@@ -39,8 +39,11 @@ def test_cli_offline_run_writes_config_summary_checkpoints_and_wandb_run(demo_di
     cfg = (out / "config.yaml").read_text()
     assert "learning_rate: 0.003" in cfg and "api_key" not in cfg
     # keep_checkpoints=best (default): an ended run keeps best.pt only, as weights for inference
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt"]
+    # (logged/ holds the artifact's frozen hard link: the same file, no second copy on disk)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "logged"]
     assert ckpt.read(out / "checkpoints" / "best.pt")["weights_only"] is True
+    best_inode = (out / "checkpoints" / "best.pt").stat().st_ino
+    assert [p.stat().st_ino for p in (out / "checkpoints" / "logged").iterdir()] == [best_inode]
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     per_class = json.loads((out / "per_class.json").read_text())
     assert len(per_class) == 17 and {"precision", "recall", "f1", "support"} <= set(per_class[0])
@@ -195,7 +198,7 @@ def test_sigterm_ends_a_cvtrain_run_cleanly_and_resume_auto_continues(demo_dir, 
 
 # -- what an ended run keeps ----------------------------------------------------------
 def _kept(result):
-    return sorted(p.name for p in (result.output_dir / "checkpoints").iterdir())
+    return sorted(p.name for p in (result.output_dir / "checkpoints").iterdir() if p.is_file())  # not logged/
 
 
 @pytest.mark.parametrize("keep, files", [("best", ["best.pt"]), ("last", ["last.pt"]), ("all", ["best.pt", "last.pt"]),

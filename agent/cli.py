@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,37 +18,61 @@ from pathlib import Path
 
 import click
 
-from cvtrain.config import merged_env, read_env_file
+from .settings import KEY_VAR, Settings, SettingsError, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def settings(env_file: str = ".env") -> dict:
-    """.env under the environment, without touching os.environ."""
-    return merged_env(os.environ, env_file)
+def settings() -> Settings:
+    """The settings the group resolved for this invocation (environment over .env over defaults)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj if isinstance(obj, Settings) else _load_settings()
 
 
-def wandb_access(env: dict, mode: str | None = None):
-    """How wandb would reach W&B from here (environment, .env, ~/.netrc, wandb settings); mode from env."""
+def _load_settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def wandb_access(s: Settings, mode: str | None = None):
+    """How wandb would reach W&B from here (environment, .env, ~/.netrc, wandb settings); mode from them."""
     from cvtrain.tracking import AccessError, wandb_access as access
 
     try:
-        return access(mode if mode is not None else env.get("WANDB_MODE"), env.get("WANDB_API_KEY"),
-                      env.get("WANDB_BASE_URL"), env)
+        return access(mode if mode is not None else s.env.get("WANDB_MODE"), s.api_key, s.env.get("WANDB_BASE_URL"),
+                      s.env)
     except AccessError as exc:
         raise click.ClickException(exc.problems[0]) from None
 
 
-def default_backend(env: dict) -> tuple[str, str]:
-    acc = wandb_access(env)
+def default_backend(s: Settings) -> tuple[str, str]:
+    acc = wandb_access(s)
     return ("wandb" if acc.mode == "online" else "local"), acc.reason
+
+
+@contextlib.contextmanager
+def wandb_call_env(s: Settings):
+    """For wandb's in-process calls that read the key and server only from the environment
+    (``wandb.sweep``, ``wandb.Api``, write-back's ``wandb.init``): .env's values are there for the
+    call and gone after it. Children get environments built for them (``Settings.child_env``)."""
+    values = {KEY_VAR: s.api_key, "WANDB_BASE_URL": s.env.get("WANDB_BASE_URL")}
+    added = {k: v for k, v in values.items() if v and not os.environ.get(k)}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def local_store(create: bool = False):
     from .store import SQLiteStore, StoreError
 
     try:
-        return SQLiteStore(create=create)
+        return SQLiteStore(settings().state_dir, create=create)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -62,7 +87,8 @@ def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = N
     from .store import SQLiteStore, StoreError
     from .wandb_backend import SweepPathError, WandbStore, full_path, sweep_path_from_env
 
-    root_db = Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep") / "cvsweep.db"
+    s = settings()
+    root_db = s.state_dir / "cvsweep.db"
     local_miss = None
     if backend == "local":
         store = local_store()
@@ -72,20 +98,22 @@ def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = N
             raise click.ClickException(str(exc)) from None
         return "local", store, sweep_id
     if backend is None and root_db.exists() and "/" not in sweep_id and not (project or entity):
-        store = SQLiteStore()
+        store = SQLiteStore(s.state_dir)
         try:
             store.get_sweep(sweep_id)
             return "local", store, sweep_id
         except StoreError as exc:
             local_miss = str(exc)
-    env = settings()
     try:
-        wandb_access(env, mode="online")  # reading W&B needs credentials, whatever mode runs use
+        wandb_access(s, mode="online")  # reading W&B needs credentials, whatever mode runs use
     except click.ClickException as exc:
         raise click.ClickException(f"{local_miss or f'no local sweep {sweep_id!r} in {root_db.parent}'}; "
                                    f"and to look it up on W&B: {exc.message}") from None
+    # wandb's in-process calls of this command (public API, write-back) read .env's key and server
+    # from the environment: there for this command only, never inherited by a child we start.
+    click.get_current_context().with_resource(wandb_call_env(s))
     try:
-        path = sweep_path_from_env(sweep_id, project, entity, env)
+        path = sweep_path_from_env(sweep_id, project, entity, s.env)
         store = WandbStore(project=path.project, entity=path.entity)
         path = full_path(path, store.api)
     except SweepPathError as exc:
@@ -101,15 +129,12 @@ def sweep_options(f):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli():
+@click.pass_context
+def cli(ctx):
     """W&B Sweeps for timm image classifiers: online against W&B, or offline with a local controller."""
-    # The process boundary: what .env says about reaching W&B gets to wandb (and the workers we
-    # spawn) through this process's environment, never through a file or argv. A `wandb login`
-    # key stays in ~/.netrc, where wandb finds it itself.
-    dotenv = read_env_file(".env")
-    for var in ("WANDB_API_KEY", "WANDB_BASE_URL"):
-        if dotenv.get(var) and not os.environ.get(var):
-            os.environ[var] = dotenv[var]
+    # Resolved once (environment over .env over defaults) and passed down. The API key stays in
+    # the settings object: it goes only into the environments built for the children that need it.
+    ctx.obj = _load_settings()
 
 
 # ---------------------------------------------------------------------------
@@ -156,32 +181,39 @@ def validate(file):
               help="default: wandb when an API key is configured and mode is online, else local")
 @click.option("--project", default=None, help="W&B project (default: the file's, WANDB_PROJECT, or cvsweep)")
 @click.option("--entity", default=None)
-def create(file, backend, project, entity):
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None,
+              help="local backend: the search's seed (same file, seed and results: same suggestions); "
+                   "default: drawn and stored")
+def create(file, backend, project, entity, seed):
     """Validate FILE and register the sweep; prints the sweep id as the last line."""
     from .validate import absolute_paths, path_problems
 
     cfg, changes = absolute_paths(load_valid_sweep(file))
     for c in changes:
         click.echo(f"stored as an absolute path (agents may start elsewhere): {c}")
-    env = settings()
+    s = settings()
     if backend is None:
-        backend, why = default_backend(env)
+        backend, why = default_backend(s)
         click.echo(f"backend: {backend} ({why})")
     for p in path_problems(cfg.get("parameters") or {}):
         click.echo(f"{file}: warning: {p}", err=True)
-    project = project or cfg.get("project") or env.get("WANDB_PROJECT") or "cvsweep"
-    entity = entity or cfg.get("entity") or env.get("WANDB_ENTITY")
+    project = project or cfg.get("project") or s.project or "cvsweep"
+    entity = entity or cfg.get("entity") or s.entity
     if backend == "local":
         from .controller import LocalController
 
         store = local_store(create=True)
-        sweep = LocalController(store).create_sweep(cfg, project=project, entity=entity)
-        click.echo(f"created local sweep in {store.root}; run it with: cvsweep agent {sweep.id}")
+        sweep = LocalController(store).create_sweep(cfg, project=project, entity=entity, seed=seed)
+        click.echo(f"created local sweep in {store.root} (seed {sweep.seed}); run it with: cvsweep agent {sweep.id}")
         click.echo(sweep.id)
         return
+    if seed is not None:
+        raise click.UsageError("--seed: the W&B server draws a W&B sweep's suggestions; it takes no seed "
+                               "(use --backend local for a replayable search)")
     from .wandb_backend import create_wandb_sweep
 
-    path = create_wandb_sweep(cfg, project=project, entity=entity)
+    with wandb_call_env(s):
+        path = create_wandb_sweep(cfg, project=project, entity=entity)
     click.echo(f"created W&B sweep {path}; run it with: cvsweep agent {path}  (or: wandb agent {path})")
     click.echo(path.id)
 
@@ -234,11 +266,12 @@ def run_agents(sweep_id: str, gpus: str, gpus_per_trial: int, workers: int | Non
         groups = plan_groups(chosen, gpus_per_trial, workers)
     except LaunchError as exc:
         raise click.UsageError(str(exc)) from None
-    state_dir = str(Path(os.environ.get("CVSWEEP_DIR") or ".cvsweep").resolve())
-    env = dict(os.environ)
+    conf = settings()
+    state_dir = str(conf.state_dir.resolve())
+    env = conf.child_env(with_key=backend == "wandb")  # local workers never need the key
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    if "CVTRAIN_NUM_WORKERS" in (user := settings()):  # the user's loader count (.env too) beats our sizing
-        env.setdefault("CVTRAIN_NUM_WORKERS", user["CVTRAIN_NUM_WORKERS"])
+    if "CVTRAIN_NUM_WORKERS" in conf.env:  # the user's loader count (.env too) beats our sizing
+        env.setdefault("CVTRAIN_NUM_WORKERS", conf.env["CVTRAIN_NUM_WORKERS"])
     # W&B workers get the sweep's full entity/project/id as their sweep id
     specs = build_specs(key, backend, groups, env, state_dir, count, cpus=cpus, pin=pin)
     # The plan: one line per worker on stdout; where it came from on stderr.
@@ -300,6 +333,12 @@ def status(sweep_id, project, entity):
     click.echo(f"method {sweep.config.get('method')}, metric {sweep.metric_name} ({sweep.goal}), "
                f"run_cap {sweep.config.get('run_cap')}")
     click.echo("trials: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet"))
+    if backend == "local":
+        from .store import disk_usage
+
+        where = store.root / "sweeps" / sweep.id
+        total, ckpts = disk_usage(where), disk_usage(where, "**/checkpoints/*.pt")
+        click.echo(f"disk: {total / 2**20:.1f} MiB in {where} (checkpoints {ckpts / 2**20:.1f} MiB)")
 
 
 def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...], project=None, entity=None):
@@ -308,7 +347,7 @@ def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...], project
         from .wandb_backend import parse_sweep_path, set_wandb_sweep_state
 
         try:
-            set_wandb_sweep_state(parse_sweep_path(key), state)
+            set_wandb_sweep_state(parse_sweep_path(key), state, env=settings().child_env(with_key=True))
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"W&B sweep {key}: {state}")
@@ -432,16 +471,17 @@ def sync(sweep_id, dry_run):
     if dry_run:
         click.echo("\n".join(dirs))
         return
+    s = settings()
     try:
-        wandb_access(settings(), mode="online")
+        wandb_access(s, mode="online")
     except click.ClickException as exc:
         raise click.ClickException(f"{exc.message}. Do that on a machine with network, then run "
                                    f"`cvsweep sync {key}` again. Nothing was uploaded.") from None
-    # The child finds the key where wandb looks (this environment, .env's put here, ~/.netrc).
+    # The child finds the key where wandb looks: the environment built for it (.env's key), ~/.netrc.
     cmd = [sys.executable, "-m", "wandb", "sync", "--project", sweep.project or "cvsweep"]
     if sweep.entity:
         cmd += ["--entity", sweep.entity]
-    proc = subprocess.run(cmd + dirs, env=dict(os.environ))
+    proc = subprocess.run(cmd + dirs, env=s.child_env(with_key=True))
     if proc.returncode != 0:
         raise click.ClickException(f"`wandb sync` failed (exit {proc.returncode}): is W&B reachable from here?")
     click.echo(f"synced {len(dirs)} run(s) to {sweep.project}, grouped as {key}")

@@ -226,10 +226,12 @@ class Launcher:
     """Starts the workers, restarts one that dies, forwards SIGTERM/SIGINT, reports progress."""
 
     def __init__(self, specs: list[WorkerSpec], progress: Callable[[], None] | None = None,
-                 poll: float = 1.0, max_restarts: int = MAX_RESTARTS, grace: float = 120.0, echo=print):
+                 poll: float = 0.2, max_restarts: int = MAX_RESTARTS, grace: float = 120.0, echo=print,
+                 progress_every: float = 1.0):
         self.specs = specs
         self.progress = progress
-        self.poll = poll
+        self.poll = poll  # short: the sweep ends as soon as its last worker does
+        self.progress_every = progress_every
         self.max_restarts = max_restarts
         self.grace = grace
         self.echo = echo
@@ -255,6 +257,7 @@ class Launcher:
         try:
             for s in self.specs:
                 self._start(s)
+            next_progress = 0.0
             while True:
                 alive = 0
                 for s in self.specs:
@@ -274,8 +277,9 @@ class Launcher:
                             alive += 1
                         else:
                             self.echo(f"worker w{s.slot} exited with {code} {s.restarts + 1} times; giving up on it")
-                if self.progress:
+                if self.progress and time.monotonic() >= next_progress:
                     self.progress()
+                    next_progress = time.monotonic() + self.progress_every
                 if alive == 0:
                     break
                 if self._signal is not None:

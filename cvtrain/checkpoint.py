@@ -1,4 +1,13 @@
-"""Checkpoints: model, optimizer, scheduler, scaler, epoch, RNG states and the resolved config."""
+"""Checkpoints: model, optimizer, scheduler, scaler, epoch, RNG states and the resolved config.
+
+While a run trains, ``last.pt`` (every epoch, for resume) and ``best.pt`` (when the
+metric improved) hold the whole training state. When the run ends, ``keep_checkpoints``
+decides what stays (:func:`retain`): ``best`` (default) keeps only ``best.pt``, reduced
+to what inference needs (weights, config, class names: a third of an AdamW
+checkpoint); ``last`` keeps only ``last.pt`` (whole state: training can be extended);
+``all`` keeps both as they are; ``none`` keeps neither. A preempted run keeps both
+(it resumes from ``last.pt``).
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from .config import KEEP_CHECKPOINTS
 
 
 @dataclass
@@ -37,8 +48,16 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg, class_names) -> None:
-    """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg, class_names,
+         weights_only: bool = False) -> None:
+    """Write atomically: a crash mid-save leaves the previous checkpoint intact.
+
+    ``weights_only``: only what inference reads (see :func:`slim`), for a run that ends here.
+    """
+    if weights_only:
+        _write(path, {"model": model.state_dict(), "config": cfg.to_flat_dict(), "class_names": list(class_names),
+                      "format": 1, "state": _inference_state(state.__dict__), "weights_only": True})
+        return
     obj = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -50,21 +69,30 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
         "class_names": list(class_names),
         "format": 1,
     }
+    _write(path, obj)
+
+
+def _write(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args) -> None:
+def _inference_state(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k in ("epoch", "global_step", "best_val_f1", "best_epoch")}
+
+
+def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args, best_weights_only: bool = False) -> None:
     """last.pt every epoch, best.pt when the metric improved: serialised once per epoch.
 
     best.pt becomes a hard link to the new last.pt (a copy where links fail); the next
-    epoch's atomic replace of last.pt leaves best.pt's inode untouched.
+    epoch's atomic replace of last.pt leaves best.pt's inode untouched. Without last.pt
+    (``save_last`` False), best.pt is written alone, as weights only when ``best_weights_only``.
     """
     if not (improved or save_last):
         return
     first = ckpt_dir / ("last.pt" if save_last else "best.pt")
-    save(first, *args)
+    save(first, *args, weights_only=best_weights_only and not save_last)
     if improved and save_last:
         tmp = ckpt_dir / f"best.pt.tmp{os.getpid()}"
         try:
@@ -74,6 +102,35 @@ def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args) -> None:
         os.replace(tmp, ckpt_dir / "best.pt")
 
 
+#: What inference (predict, the leaderboard's best trial) reads from a checkpoint.
+INFERENCE_KEYS = ("model", "config", "class_names", "format")
+
+
+def retain(ckpt_dir: Path, keep: str) -> None:
+    """Apply ``keep_checkpoints`` to an ended run's checkpoint directory (see the module docstring)."""
+    if keep not in KEEP_CHECKPOINTS:
+        raise ValueError(f"keep_checkpoints={keep!r}; allowed: {', '.join(KEEP_CHECKPOINTS)}")
+    best, last = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
+    if keep == "all":
+        return
+    if keep in ("best", "none"):
+        last.unlink(missing_ok=True)  # best.pt may share its inode: then this frees nothing but the name
+    if keep in ("last", "none"):
+        best.unlink(missing_ok=True)
+    if keep == "best" and best.exists():
+        slim(best)
+
+
+def slim(path: Path) -> None:
+    """Rewrite ``path`` (atomically) with only what inference needs."""
+    # Memory-mapped: the optimizer state (two thirds of the file) is never read.
+    obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if obj.get("weights_only"):
+        return
+    _write(path, {**{k: obj[k] for k in INFERENCE_KEYS if k in obj}, "state": _inference_state(obj.get("state", {})),
+                  "weights_only": True})
+
+
 def read(path: str | os.PathLike, device="cpu") -> dict:
     # Our own files hold numpy RNG state and plain containers: not weights-only loadable.
     return torch.load(path, map_location=device, weights_only=False)
@@ -81,6 +138,9 @@ def read(path: str | os.PathLike, device="cpu") -> dict:
 
 def load(path, model, optimizer, scheduler, scaler, device) -> TrainState:
     obj = read(path, device)
+    if obj.get("weights_only"):
+        raise ValueError(f"{path} holds weights only (an ended run's best.pt under keep_checkpoints=best): "
+                         "training cannot resume from it. Keep whole checkpoints with keep_checkpoints=last or all.")
     model.load_state_dict(obj["model"])
     optimizer.load_state_dict(obj["optimizer"])
     if scheduler is not None and obj.get("scheduler") is not None:

@@ -34,6 +34,7 @@ SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "none")
 WANDB_MODES = ("online", "offline", "disabled")
 AMP_DTYPES = ("bf16", "fp16")
 RESIZE_MODES = ("pad", "stretch")
+KEEP_CHECKPOINTS = ("best", "last", "all", "none")
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENT_ON = ("device", "cpu")
 
@@ -153,6 +154,7 @@ class PathsConfig:
     output_dir: str | None = None      # None: <output_root>/<run name>
     checkpoint_dir: str | None = None  # None: <output_dir>/checkpoints
     save_last: bool = True
+    keep_checkpoints: str = "best"     # what an ended run keeps: best | last | all | none (cvtrain.checkpoint)
     save_predictions: bool = False     # write the final epoch's val and test probabilities (finalize)
 
 
@@ -628,6 +630,8 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("device", f"allowed: {', '.join(DEVICES)} or cuda:N")
     if d.resize not in RESIZE_MODES:
         bad("resize", f"allowed: {', '.join(RESIZE_MODES)}")
+    if cfg.paths.keep_checkpoints not in KEEP_CHECKPOINTS:
+        bad("keep_checkpoints", f"allowed: {', '.join(KEEP_CHECKPOINTS)}{close_matches(cfg.paths.keep_checkpoints, KEEP_CHECKPOINTS)}")
     if d.augment_on not in AUGMENT_ON:
         bad("augment_on", f"allowed: {', '.join(AUGMENT_ON)}{close_matches(d.augment_on, AUGMENT_ON)}")
     for name, lo in (("img_size", 16), ("batch_size", 1), ("epochs", 1), ("log_interval", 1)):

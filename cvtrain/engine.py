@@ -380,15 +380,20 @@ def _run_extra(s: Session) -> dict:
 
 
 def _fit(s: Session, reporter: Reporter | None, stop_event) -> Outcome:
-    """Epochs from the resumed one to the last, unless the reporter or ``stop_event`` ends them."""
+    """Epochs from the resumed one to the last, unless the reporter or ``stop_event`` ends them.
+
+    Each epoch is reported before it is saved: a worker that lost the trial (the reporter
+    answers "lost", or ``stop_event`` says so) writes nothing more to the trial's outputs.
+    """
     e = s.cfg.experiment
     for epoch in range(s.state.epoch + 1, e.epochs + 1):
         metrics = _run_epoch(s, epoch, stop_event)
         if metrics is None:
             return _requested(stop_event, f"during epoch {epoch}")
         answer = reporter(epoch, dict(metrics)) if reporter is not None else None
-        if answer == "lost":
+        if answer == "lost" or getattr(stop_event, "kind", None) == "lost":
             return Outcome("lost", f"this worker lost the trial after epoch {epoch}")
+        _save_epoch(s, metrics, ending=epoch == e.epochs or answer == "stop")
         if epoch == e.epochs:
             break
         if answer == "stop":
@@ -407,7 +412,7 @@ def _requested(stop_event, when: str) -> Outcome:
 
 
 def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
-    """Train, evaluate, checkpoint and log one epoch; None when a stop request cut it short."""
+    """Train and evaluate one epoch (saved by :func:`_save_epoch`); None when a stop request cut it short."""
     e, st = s.cfg.experiment, s.state
     t0 = time.perf_counter()
     es = epoch_seed(e.seed, epoch)
@@ -434,19 +439,33 @@ def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
                "best_val_f1": st.best_val_f1}
     st.epoch = epoch
     st.history.append(metrics)
-    ckpt.save_epoch(s.ckpt_dir, improved, s.cfg.paths.save_last, s.model, s.optimizer, s.scheduler, s.scaler, st,
-                    s.cfg, s.data.index.class_names)
+    return metrics
+
+
+def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
+    """The epoch's checkpoint (best.pt when it improved), its W&B log and its log line.
+
+    ``ending``: the run ends after this epoch (finished, or stopped); then nothing that
+    keep_checkpoints would delete at the end is written, and a new best.pt is written as weights only.
+    """
+    e, st, epoch = s.cfg.experiment, s.state, metrics["epoch"]
+    keep = s.cfg.paths.keep_checkpoints
+    save_last = s.cfg.paths.save_last and not (ending and keep in ("best", "none"))
+    ckpt.save_epoch(s.ckpt_dir, st.best_epoch == epoch and not (ending and keep == "none"), save_last, s.model,
+                    s.optimizer, s.scheduler, s.scaler, st, s.cfg, s.data.index.class_names,
+                    best_weights_only=ending and keep == "best")
     if s.log_fn is not None:
         s.log_fn(metrics)
     log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  (%.1fs)", epoch, e.epochs,
              metrics["train_loss"], metrics["val_loss"], metrics["val_acc"], metrics["val_f1"], metrics["epoch_time"])
-    return metrics
 
 
 def _end_failed(s: Session, exc: BaseException) -> None:
     """The run's own error: summary.json and the W&B run say failed, with the reason."""
     reason = f"{type(exc).__name__}: {exc}"
     summary = _summary(s.state, s.stats, "failed", reason, s.monitor.stop())
+    if isinstance(exc, Exception):  # an interrupt (KeyboardInterrupt) may be resumed: keep last.pt
+        _retain_checkpoints(s)
     _write_json(s.out_dir / "summary.json", summary)
     _summary_to_run(s.run, summary)
     finish_run(s.run, 1)
@@ -460,11 +479,13 @@ def _end(s: Session, outcome: Outcome) -> TrainResult:
         # Another worker owns the trial now: leave its outputs alone.
         finish_run(s.run, 0)
         return TrainResult("lost", summary, s.out_dir, None, _run_id(s.run), outcome.reason, list(s.state.history))
+    if outcome.state != "preempted":  # a preempted run resumes from last.pt
+        _retain_checkpoints(s)
     best_path = s.ckpt_dir / "best.pt" if (s.ckpt_dir / "best.pt").exists() else None
     if s.state.best_preds is not None:
         _final_reports(s.run, s.out_dir, s.state, s.data.index.class_names, s.num_classes)
-    if s.cfg.wandb.log_artifacts and best_path is not None:
-        _log_checkpoints(s, best_path)
+    if s.cfg.wandb.log_artifacts:
+        _log_checkpoints(s)
     if s.cfg.paths.save_predictions and outcome.state == "finished":
         _save_predictions(s)
     _summary_to_run(s.run, summary)
@@ -476,13 +497,23 @@ def _end(s: Session, outcome: Outcome) -> TrainResult:
                        list(s.state.history))
 
 
-def _log_checkpoints(s: Session, best_path: Path) -> None:
+def _retain_checkpoints(s: Session) -> None:
+    """keep_checkpoints, applied once the run has ended (before artifacts reference the files)."""
+    try:
+        ckpt.retain(s.ckpt_dir, s.cfg.paths.keep_checkpoints)
+    except OSError as exc:
+        log.warning("keep_checkpoints=%s: could not tidy %s: %s", s.cfg.paths.keep_checkpoints, s.ckpt_dir, exc)
+
+
+def _log_checkpoints(s: Session) -> None:
+    """The checkpoints that stay, as W&B model artifacts (referenced where they are, not copied)."""
     e, st = s.cfg.experiment, s.state
+    best, last = s.ckpt_dir / "best.pt", s.ckpt_dir / "last.pt"
     meta = {"val_f1": st.best_val_f1, "epoch": st.best_epoch, "params": s.stats["params_total"],
             "flops": s.stats["flops"], "model_name": e.model_name, "img_size": e.img_size}
-    save_model_artifact(s.run, best_path, aliases=["best", f"epoch-{st.best_epoch}"], metadata=meta)
-    last = s.ckpt_dir / "last.pt"
-    if last.exists() and st.epoch != st.best_epoch:
+    if best.exists():
+        save_model_artifact(s.run, best, aliases=["best", f"epoch-{st.best_epoch}"], metadata=meta)
+    if last.exists() and (st.epoch != st.best_epoch or not best.exists()):
         save_model_artifact(s.run, last, aliases=["latest", f"epoch-{st.epoch}"], metadata={**meta, "epoch": st.epoch})
 
 

@@ -27,7 +27,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: set() may run in a signal handler on a thread inside set()
         self.kind: str | None = None
         self.reason: str | None = None
 

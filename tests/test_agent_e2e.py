@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -129,3 +130,108 @@ def test_trainer_started_as_wandb_agent_starts_it_picks_up_the_sweep_values(tmp_
     saved = yaml.safe_load((tmp_path / "trial" / "config.yaml").read_text())
     assert saved["learning_rate"] == 0.00123 and saved["label_smoothing"] == 0.1
     assert saved["augment"]["rotate"] == 0.5 and saved["model_name"] == "test_resnet"
+
+
+# -- who owns a trial, and what the search draws, with workers that really train ------------------
+def test_random_search_with_two_training_workers_never_repeats_a_trial(tmp_path, demo_dir, cache_dir):
+    """Trainers reseed Python's `random` every epoch, the RNG random search draws from: a worker
+    that has trained a trial must still get a new draw."""
+    state = tmp_path / "state"
+    cfg = {"name": "rnd", "method": "random", "run_cap": 6, "metric": {"name": "best_val_f1", "goal": "maximize"},
+           "parameters": tiny_params(demo_dir, cache_dir,
+                                     learning_rate={"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+                                     label_smoothing={"distribution": "uniform", "min": 0.0, "max": 0.2})}
+    sweep_id = _create(tmp_path, cfg, state)
+    res = cvsweep(["agent", sweep_id, "--gpus", "none", "--workers", "2"], state)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    rows = db_rows(state, "SELECT params, worker, state FROM trials")
+    assert len(rows) == 6 and {r["state"] for r in rows} == {"finished"}
+    assert len({r["worker"] for r in rows}) == 2
+    assert len({r["params"] for r in rows}) == 6, [r["params"] for r in rows]
+
+
+def test_a_requeued_trial_stops_its_first_worker_which_writes_nothing_more(tmp_path, demo_dir, cache_dir):
+    """Worker 1 (a real process) trains; the controller gives its trial to worker 2 meanwhile. Worker 1's
+    writes are refused, it stops without touching the trial's outputs, worker 2 resumes and completes."""
+    import time
+
+    from agent.controller import LocalController
+    from agent.store import SQLiteStore
+    from agent.worker import WorkerStop, run_trial
+
+    state = tmp_path / "state"
+    cfg = {"name": "own", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
+           "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": 40})}
+    sweep_id = _create(tmp_path, cfg, state)
+    w1 = subprocess.Popen([PY, "-m", "agent.worker", sweep_id, "--count", "1", "--name", "w1"],
+                          env=cvsweep_env(state, CVSWEEP_LEASE_SECONDS="2"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    row = wait_for(lambda: _running_with_history(state), timeout=180, every=0.05, what="worker 1's epochs")[0]
+    # Worker 2's clock runs ahead: to its controller, worker 1's lease has run out.
+    ctl2 = LocalController(SQLiteStore(state), lease_seconds=2, clock=lambda: time.time() + 1000)
+    claim = ctl2.claim(sweep_id, "w2")
+    assert claim.status == "claimed" and claim.trial.id == row["id"] and claim.trial.attempt == 2
+    out1, _ = w1.communicate(timeout=300)
+    assert w1.returncode == 0, out1[-3000:]
+    assert "lease lost" in out1 or "refused a write from" in out1, out1[-3000:]
+    assert f"trial {claim.trial.name} lost" in out1
+    out_dir = state / "sweeps" / sweep_id / "trials" / claim.trial.name
+    assert not (out_dir / "summary.json").exists()  # worker 1 wrote no ending
+    by_w1 = [r["epoch"] for r in db_rows(state, "SELECT epoch FROM history WHERE trial_id=? AND attempt=1 "
+                                                "ORDER BY epoch", (row["id"],))]
+    assert by_w1 == list(range(1, len(by_w1) + 1)) and len(by_w1) < 40
+    from cvtrain import checkpoint as ckpt
+
+    assert ckpt.read(out_dir / "checkpoints" / "last.pt")["state"]["epoch"] == len(by_w1)  # nothing after its loss
+    assert run_trial(ctl2, claim.trial, "w2", WorkerStop()) == "finished"
+    t = db_rows(state, "SELECT * FROM trials WHERE id=?", (row["id"],))[0]
+    assert t["state"] == "finished" and t["attempt"] == 2 and json.loads(t["summary"])["epochs_completed"] == 40
+    hist = db_rows(state, "SELECT epoch, attempt FROM history WHERE trial_id=? ORDER BY epoch", (row["id"],))
+    assert [h["epoch"] for h in hist] == list(range(1, 41))  # each epoch once
+    assert [h["attempt"] for h in hist] == [1] * len(by_w1) + [2] * (40 - len(by_w1))
+
+
+def test_lease_and_state_dir_from_dotenv_reach_the_workers_and_the_key_does_not(tmp_path, demo_dir, cache_dir):
+    """CVSWEEP_LEASE_SECONDS in .env sets the lease; a local worker's environment has no API key."""
+    (tmp_path / ".env").write_text(f"CVSWEEP_DIR=dotenv-state\nCVSWEEP_LEASE_SECONDS=4\nWANDB_API_KEY={SECRET}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVSWEEP_")}
+    env.update(PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    f = tmp_path / "sweep.yaml"
+    f.write_text(yaml.safe_dump(_long_sweep(demo_dir, cache_dir)))
+    made = subprocess.run([PY, "-m", "agent", "create", str(f), "--backend", "local"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    sweep_id, state = made.stdout.strip().splitlines()[-1], tmp_path / "dotenv-state"
+    proc = subprocess.Popen([PY, "-m", "agent", "agent", sweep_id, "--gpus", "none", "--workers", "1"], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    row = wait_for(lambda: _running_with_history(state), timeout=180, every=0.05, what="a running trial")[0]
+    t = db_rows(state, "SELECT lease_expires - heartbeat_at AS lease, worker FROM trials WHERE id=?", (row["id"],))[0]
+    environ = Path(f"/proc/{int(t['worker'].split(':')[1])}/environ").read_bytes().split(b"\0")
+    from agent.store import SQLiteStore
+
+    SQLiteStore(state).set_sweep_state(sweep_id, "cancelled", "test")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert t["lease"] == pytest.approx(4.0)
+    assert not any(e.startswith(b"WANDB_API_KEY=") for e in environ)
+    assert b"CVSWEEP_LEASE_SECONDS=4.0" in environ
+    assert_secret_absent(state)
+
+
+def test_four_ended_resnet10t_trials_leave_at_most_120_mb(tmp_path, demo_dir, cache_dir):
+    from agent.store import disk_usage
+
+    state = tmp_path / "state"
+    cfg = {"name": "disk", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
+           "parameters": tiny_params(demo_dir, cache_dir, model_name={"value": "resnet10t"}, epochs={"value": 2},
+                                     learning_rate={"values": [0.001, 0.003, 0.01, 0.03]})}
+    sweep_id = _create(tmp_path, cfg, state)
+    res = cvsweep(["agent", sweep_id, "--gpus", "none", "--workers", "2"], state)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert len(db_rows(state, "SELECT 1 FROM trials WHERE state='finished'")) == 4
+    used = disk_usage(state)
+    assert used <= 120 * 2**20, f"{used / 2**20:.1f} MiB"
+    # what stays is best.pt (and, under logged/, the hard link its W&B artifact references: the same file)
+    assert sorted(p.name for p in state.glob("sweeps/*/trials/*/checkpoints/*") if p.is_file()) == ["best.pt"] * 4
+    status = cvsweep(["status", sweep_id], state)
+    assert f"disk: {disk_usage(state / 'sweeps' / sweep_id) / 2**20:.1f} MiB" in status.stdout, status.stdout

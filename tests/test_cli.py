@@ -32,11 +32,11 @@ def test_status_pause_resume_stop(tmp_path, monkeypatch):
 
 def test_runs_lists_and_filters_trials(tmp_path, monkeypatch):
     sid = _sweep(tmp_path, monkeypatch)
-    ctl = LocalController(SQLiteStore())
+    ctl = LocalController(SQLiteStore(tmp_path / "state"))
     a = ctl.claim(sid, "w").trial
-    ctl.finish(a.id, "finished", {"best_val_f1": 0.4})
+    ctl.finish(a.id, "finished", {"best_val_f1": 0.4}, owner=a.owner)
     b = ctl.claim(sid, "w").trial
-    ctl.finish(b.id, "failed", error="RuntimeError: out of memory")
+    ctl.finish(b.id, "failed", error="RuntimeError: out of memory", owner=b.owner)
     res = CliRunner().invoke(cli, ["runs", sid, "--state", "failed", "--format", "json"])
     rows = json.loads(res.output)
     assert [r["run"] for r in rows] == [b.name] and rows[0]["error"] == "RuntimeError: out of memory"

@@ -108,7 +108,7 @@ def test_a_killed_fold_worker_is_requeued_and_the_ensemble_still_completes(tmp_p
                               "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": 25},
                                                         learning_rate={"values": [0.01]})})
     t = ctl.claim(sweep.id, "w").trial
-    ctl.finish(t.id, "finished", {"best_val_f1": 0.5})
+    ctl.finish(t.id, "finished", {"best_val_f1": 0.5}, owner=t.owner)
     store.close()
     proc = subprocess.Popen([PY, "-m", "agent", "finalize", sweep.id, "--top", "1", "--folds", "2", "--gpus", "none",
                              "--workers", "1", "-o", str(tmp_path / "sub.csv")],

@@ -22,9 +22,9 @@ def _sweep_with_results(tmp_path, goal="maximize"):
     for v in results:
         t = ctl.claim(sweep.id, "w").trial
         if v is None:
-            ctl.finish(t.id, "failed", error="boom")
+            ctl.finish(t.id, "failed", error="boom", owner=t.owner)
         else:
-            ctl.finish(t.id, "finished", {"val_loss": v, "epochs_completed": 3})
+            ctl.finish(t.id, "finished", {"val_loss": v, "epochs_completed": 3}, owner=t.owner)
     return ctl.store, sweep
 
 

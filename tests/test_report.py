@@ -100,7 +100,7 @@ def test_all_failed_and_empty_sweeps_render_with_notes(tmp_path):
     assert "No trial has a finite best_val_f1 yet" in empty and "No per-epoch history" in empty
     for msg in ("CUDA out of memory", "CUDA out of memory", "DataError: 2 image(s) could not be read"):
         t = ctl.claim(sweep.id, "w").trial
-        ctl.finish(t.id, "failed", error=msg)
+        ctl.finish(t.id, "failed", error=msg, owner=t.owner)
     page = build_html(collect(store, sweep.id))
     assert "Parallel coordinates need at least 2 trials" in page and "<b>3</b>failed" in page
     assert re.search(r"<td class='num'>2</td><td><code>CUDA out of memory</code>", page)

@@ -38,7 +38,12 @@ def test_cli_offline_run_writes_config_summary_checkpoints_and_wandb_run(demo_di
     assert "sys/proc_rss_gb_peak" in summary and not any(k.startswith("gpu/") for k in summary)  # no GPU here
     cfg = (out / "config.yaml").read_text()
     assert "learning_rate: 0.003" in cfg and "api_key" not in cfg
-    assert (out / "checkpoints" / "best.pt").exists() and (out / "checkpoints" / "last.pt").exists()
+    # keep_checkpoints=best (default): an ended run keeps best.pt only, as weights for inference
+    # (logged/ holds the artifact's frozen hard link: the same file, no second copy on disk)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "logged"]
+    assert ckpt.read(out / "checkpoints" / "best.pt")["weights_only"] is True
+    best_inode = (out / "checkpoints" / "best.pt").stat().st_ino
+    assert [p.stat().st_ino for p in (out / "checkpoints" / "logged").iterdir()] == [best_inode]
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     per_class = json.loads((out / "per_class.json").read_text())
     assert len(per_class) == 17 and {"precision", "recall", "f1", "support"} <= set(per_class[0])
@@ -65,11 +70,12 @@ def test_reporter_sees_every_epoch_and_stop_ends_cleanly_with_best_checkpoint(ti
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny, tmp_path):
-    full = train(tiny(epochs=3, output_dir=str(tmp_path / "full"), mixup={"alpha": 0.2}))
-    cut = train(tiny(epochs=3, output_dir=str(tmp_path / "cut"), mixup={"alpha": 0.2}),
+    full = train(tiny(epochs=3, output_dir=str(tmp_path / "full"), mixup={"alpha": 0.2}, keep_checkpoints="all"))
+    cut = train(tiny(epochs=3, output_dir=str(tmp_path / "cut"), mixup={"alpha": 0.2}, keep_checkpoints="all"),
                 reporter=lambda e, m: "preempt" if e == 2 else None)
     assert cut.state == "preempted" and len(cut.history) == 2
-    resumed = train(tiny(epochs=3, output_dir=str(tmp_path / "cut"), mixup={"alpha": 0.2}), resume="auto")
+    resumed = train(tiny(epochs=3, output_dir=str(tmp_path / "cut"), mixup={"alpha": 0.2}, keep_checkpoints="all"),
+                    resume="auto")
     assert resumed.state == "finished" and [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for a, b in zip(full.history, resumed.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
@@ -188,3 +194,45 @@ def test_sigterm_ends_a_cvtrain_run_cleanly_and_resume_auto_continues(demo_dir, 
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stderr
     assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 40
+
+
+# -- what an ended run keeps ----------------------------------------------------------
+def _kept(result):
+    return sorted(p.name for p in (result.output_dir / "checkpoints").iterdir() if p.is_file())  # not logged/
+
+
+@pytest.mark.parametrize("keep, files", [("best", ["best.pt"]), ("last", ["last.pt"]), ("all", ["best.pt", "last.pt"]),
+                                         ("none", [])])
+def test_keep_checkpoints_decides_what_an_ended_run_keeps(tiny, keep, files):
+    result = train(tiny(epochs=2, keep_checkpoints=keep))
+    assert result.state == "finished" and _kept(result) == files
+    if "last.pt" in files:
+        assert "optimizer" in ckpt.read(result.output_dir / "checkpoints" / "last.pt")  # training can go on
+    assert (result.best_checkpoint is not None) == ("best.pt" in files)
+
+
+def test_an_ended_runs_best_checkpoint_predicts_but_cannot_be_resumed(tiny, demo_dir, tmp_path):
+    from cvtrain.predict import load_for_inference
+
+    result = train(tiny(epochs=1))
+    best = result.output_dir / "checkpoints" / "best.pt"
+    obj = ckpt.read(best)
+    assert set(obj) == {"model", "config", "class_names", "format", "state", "weights_only"}
+    model, cfg, names = load_for_inference(best, torch.device("cpu"))
+    assert len(names) == 17 and cfg.experiment.model_name == "test_resnet"
+    with pytest.raises(ValueError, match="holds weights only .* keep_checkpoints=last or all"):
+        train(tiny(epochs=2, output_dir=str(tmp_path / "again")), resume=str(best))
+
+
+def test_a_preempted_run_keeps_last_checkpoint_to_resume_from(tiny):
+    result = train(tiny(epochs=3), reporter=lambda e, m: "preempt" if e == 1 else None)
+    assert result.state == "preempted" and "last.pt" in _kept(result)
+
+
+def test_a_run_that_lost_its_trial_writes_nothing_more_to_its_outputs(tiny):
+    """The reporter answers "lost" at epoch 2: no checkpoint of epoch 2, no summary, no final reports."""
+    result = train(tiny(epochs=3), reporter=lambda e, m: "lost" if e == 2 else None)
+    out = result.output_dir
+    assert result.state == "lost"
+    assert ckpt.read(out / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    assert not (out / "summary.json").exists() and not (out / "confusion_matrix.png").exists()

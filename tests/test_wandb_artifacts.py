@@ -36,7 +36,8 @@ def test_a_resumed_offline_run_leaves_every_logged_checkpoint_syncable(tiny, tmp
     from cvtrain import checkpoint as ckpt
     from cvtrain.engine import train
 
-    cfg = dict(epochs=4, mode="offline", project="docs", run_id="resumable1", learning_rate=0.01)
+    cfg = dict(epochs=4, mode="offline", project="docs", run_id="resumable1", learning_rate=0.01,
+               keep_checkpoints="all")  # the ended run keeps last.pt too: it is read below
     cut = train(tiny(**cfg), reporter=lambda e, m: "preempt" if e == 2 else None)
     assert cut.state == "preempted"
     logged = cut.output_dir / "checkpoints" / "logged"

@@ -10,17 +10,46 @@ import re
 from .store import RunStore, Sweep, Trial
 
 
+#: The states a user names (``cvsweep runs --state``), each a plain word for what happened to a trial.
+STATE_NAMES = ("queued", "running", "finished", "stopped", "failed", "crashed", "preempted", "killed")
+
+
+def state_name(t: Trial) -> str:
+    """A trial's state as a user names it: a trial the sweep stopped early is ``stopped`` (the store
+    and W&B call it finished, with its real metric), a trial waiting for a worker is ``queued``."""
+    if t.state == "finished" and t.stopped:
+        return "stopped"
+    return "queued" if t.state == "pending" else t.state
+
+
 def get_runs(store: RunStore, sweep_id: str, states: tuple[str, ...] | None = None,
              limit: int | None = None) -> list[Trial]:
-    """Trials of a sweep, oldest first, optionally filtered by state and cut to ``limit``."""
-    trials = store.list_trials(sweep_id, states)
+    """Trials of a sweep, oldest first, optionally filtered by state name (:data:`STATE_NAMES`) and cut
+    to ``limit``."""
+    trials = [t for t in store.list_trials(sweep_id) if not states or state_name(t) in states]
     return trials[:limit] if limit else trials
 
 
 def get_latest_runs(store: RunStore, sweep_id: str, n: int = 10, states: tuple[str, ...] | None = None) -> list[Trial]:
     """The ``n`` most recently created trials, newest first."""
-    trials = store.list_trials(sweep_id, states)
+    trials = get_runs(store, sweep_id, states)
     return sorted(trials, key=lambda t: (t.created_at or 0, t.id or 0), reverse=True)[:n]
+
+
+def state_counts(trials: list[Trial]) -> dict[str, int]:
+    """Trials per state name, in :data:`STATE_NAMES` order, states with none left out."""
+    names = [state_name(t) for t in trials]
+    return {n: names.count(n) for n in STATE_NAMES if n in names}
+
+
+def nothing_to_rank(trials: list[Trial], metric: str, sweep_ref: str) -> str:
+    """Why a leaderboard is empty, and what to look at."""
+    if not trials:
+        return f"nothing to rank: sweep {sweep_ref} has no trials yet (start them with `cvsweep agent {sweep_ref}`)"
+    counts = ", ".join(f"{v} {k}" for k, v in state_counts(trials).items())
+    hint = (f"; see why: cvsweep runs {sweep_ref} --state failed"
+            if any(state_name(t) in ("failed", "crashed") for t in trials) else "")
+    return f"nothing to rank: no trial of sweep {sweep_ref} has a finite {metric} yet ({counts}){hint}"
 
 
 def auto_increment_run_suffix(existing: list[str], base: str, width: int = 3) -> str:
@@ -86,29 +115,56 @@ def varying_columns(rows: list[dict]) -> list[str]:
     return [c for c in cols if len({json.dumps(r["config"].get(c), sort_keys=True) for r in rows}) > 1]
 
 
+STOPPED_NOTE = "stopped: ended early by the sweep (hyperband), ranked with its real metric"
+
+
 def format_leaderboard(rows: list[dict], fmt: str = "table") -> str:
-    """json and csv carry every parameter; table and markdown show the ones that vary."""
+    """json and csv carry every parameter at full precision; table and markdown show the ones that vary.
+
+    The state column names a trial the sweep stopped early ``stopped`` (json keeps W&B's
+    ``finished`` with ``stopped: true``); table and markdown explain it below.
+    """
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str)
     params = param_columns(rows) if fmt == "csv" else varying_columns(rows)
     metric_name = rows[0]["metric_name"] if rows else "metric"
     header = ["rank", "run", "state", metric_name, *params]
-    body = [[str(r["rank"]), r["run"], r["state"] + ("*" if r["stopped"] else ""), f"{r['metric']:.4f}",
-             *[format_cell(r["config"].get(p)) for p in params]] for r in rows]
+    states = ["stopped" if r["stopped"] else r["state"] for r in rows]
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")
         w.writerow(header)
-        w.writerows([[r["rank"], r["run"], r["state"], r["metric"], *[format_cell(r["config"].get(p)) for p in params]]
-                     for r in rows])
-        return buf.getvalue()
+        w.writerows([[r["rank"], r["run"], st, repr(r["metric"]), *[_exact(r["config"].get(p)) for p in params]]
+                     for r, st in zip(rows, states)])
+        return buf.getvalue().rstrip("\n")
+    body = [[str(r["rank"]), r["run"], st, f"{r['metric']:.4f}", *[format_cell(r["config"].get(p)) for p in params]]
+            for r, st in zip(rows, states)]
+    note = [STOPPED_NOTE] if "stopped" in states else []
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(b) + " |" for b in body]
-        return "\n".join(lines)
+        return "\n".join(lines + ([""] + [f"_{n}_" for n in note] if note else []))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    if any(r["stopped"] for r in rows):
-        lines.append("* stopped early by hyperband (finished with its real metric)")
-    return "\n".join(lines)
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
+    return "\n".join(lines + note)
+
+
+def _exact(v) -> str:
+    """A parameter value for CSV: as stored (floats at full precision), containers as JSON."""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    if isinstance(v, float):
+        return repr(v)
+    return "" if v is None else str(v)
+
+
+def progress_line(store: RunStore, sweep_id: str) -> str:
+    """One line for a running sweep: trials by state, and the best so far."""
+    trials = store.list_trials(sweep_id, with_history=False)
+    c = state_counts(trials)
+    board = leaderboard(store, sweep_id, top=1) if store.get_sweep(sweep_id).metric_name else []
+    best = f" | best {board[0]['metric_name']} {board[0]['metric']:.4f} ({board[0]['run']})" if board else ""
+    return (f"trials: {c.get('finished', 0)} done, {c.get('running', 0)} running, {c.get('stopped', 0)} stopped, "
+            f"{c.get('failed', 0) + c.get('crashed', 0)} failed, {c.get('queued', 0) + c.get('preempted', 0)} "
+            f"queued{best}")

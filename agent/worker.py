@@ -138,12 +138,12 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
         if result.state == "lost":  # another worker's now: its outputs and ending are theirs to record
             return "lost"
         return record(result.state, result.summary)
-    except ConfigError as exc:
-        return record("failed", error=f"ConfigError: {exc}")
-    except Exception as exc:  # noqa: BLE001 - a failing trial is recorded; the worker goes on
+    except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, with its reason; the worker goes on
         msg = f"{type(exc).__name__}: {exc}"
-        log.error("trial %s failed: %s", trial.name, msg)
-        log.debug("%s", traceback.format_exc())
+        # One line in the agent's log, the whole reason in the store (`cvsweep runs ID --state failed`).
+        log.error("trial %s failed: %s", trial.name, " / ".join(str(exc).strip().splitlines()[:3]) or msg)
+        if not isinstance(exc, ConfigError):
+            log.debug("%s", traceback.format_exc())
         return record("failed", error=msg)
     finally:
         done.set()
@@ -171,7 +171,8 @@ def local_worker_loop(sweep_id: str, worker: str, count: int | None, stop_event:
             log.info("trial %s (%s, attempt %d): %s", claim.trial.name, claim.reason, claim.trial.attempt,
                      claim.trial.params)
             state = run_trial(ctl, claim.trial, worker, stops, environ=settings.env)
-            log.info("trial %s %s", claim.trial.name, state)
+            if state != "failed":  # a failure was logged with its reason already
+                log.info("trial %s %s", claim.trial.name, state)
             done += 1
     finally:
         store.close()

@@ -229,6 +229,9 @@ HELP = {
     "output_dir": "this run's output directory; empty: <output_root>/<run name>",
     "checkpoint_dir": "empty: <output_dir>/checkpoints",
     "save_last": "save last.pt every epoch (needed for --resume)",
+    "keep_checkpoints": "what an ended run keeps: best (only best.pt, as weights + config for predict: a third of "
+                        "an AdamW checkpoint) | last (last.pt, whole training state) | all | none; a preempted run "
+                        "keeps last.pt to resume",
     "save_predictions": "at the end, write the final epoch's softmax on the validation images (val_predictions.csv) "
                         "and on the test set with the tta views (test_predictions.csv); cvsweep finalize sets it",
     "base_url": 'Self-hosted W&B Server: its URL (trainer, agents, API and `wandb sweep` all use it; `wandb login '

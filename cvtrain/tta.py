@@ -19,6 +19,8 @@ def apply_view(x, view: str):
     raise ValueError(f"unknown TTA view {view!r}; allowed: {', '.join(TTA_VIEWS)}")
 
 
-def stack_views(x: torch.Tensor, views: list[str]) -> torch.Tensor:
-    """All ``views`` of a square batch (N, C, H, W) as one batch (V*N, C, H, W), view-major."""
+def stack_views(x, views: list[str]):
+    """All ``views`` of a square batch (N, C, H, W) tensor as one batch (V*N, C, H, W), view-major."""
+    import torch
+
     return torch.cat([apply_view(x, v) for v in views])

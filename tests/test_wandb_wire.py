@@ -88,7 +88,7 @@ def test_every_form_of_sweep_path_reaches_the_same_sweep(board, form, monkeypatc
     res = cvsweep("status", *args)
     assert res.exit_code == 0, res.output + res.stderr
     assert f"sweep {server.entity}/docs/{sweep_id} (wandb) docs: running" in res.stdout
-    assert "trials: 12 failed, 78 finished, 30 stopped early" in res.stdout
+    assert "trials: 78 finished, 30 stopped, 12 failed" in res.stdout
 
 
 def test_a_bare_id_uses_wandb_project_and_a_wrong_project_says_so(board, monkeypatch):

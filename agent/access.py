@@ -1,0 +1,94 @@
+"""Which backend holds a sweep, and how this process reaches W&B: resolved once per command.
+
+The CLI calls these with the :class:`~agent.settings.Settings` it resolved; tests call them
+directly. Errors are the library's own (:class:`AccessProblem`, :class:`StoreError`,
+:class:`SweepPathError`); the CLI turns them into one line and an exit code.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+from .settings import KEY_VAR, Settings
+from .store import RunStore, SQLiteStore, StoreError
+
+
+class AccessProblem(RuntimeError):
+    """W&B cannot be reached as asked; the message names the fix."""
+
+
+@dataclass
+class OpenSweep:
+    backend: str          # local | wandb
+    store: RunStore
+    key: str              # what the store's methods take: the local id, or W&B's entity/project/id
+
+
+def wandb_access(s: Settings, mode: str | None = None):
+    """How wandb would reach W&B from here (environment, .env, ~/.netrc, wandb settings)."""
+    from cvtrain.tracking import AccessError, wandb_access as access
+
+    try:
+        return access(mode if mode is not None else s.env.get("WANDB_MODE"), s.api_key, s.env.get("WANDB_BASE_URL"),
+                      s.env)
+    except AccessError as exc:
+        raise AccessProblem(exc.problems[0]) from None
+
+
+def default_backend(s: Settings) -> tuple[str, str]:
+    """(backend, why): wandb when W&B credentials are found and the mode is online, else local."""
+    acc = wandb_access(s)
+    return ("wandb" if acc.mode == "online" else "local"), acc.reason
+
+
+@contextlib.contextmanager
+def wandb_call_env(s: Settings):
+    """For wandb's in-process calls that read the key and server only from the environment
+    (``wandb.sweep``, ``wandb.Api``, write-back's ``wandb.init``): .env's values are there for the
+    call and gone after it. Children get environments built for them (``Settings.child_env``)."""
+    values = {KEY_VAR: s.api_key, "WANDB_BASE_URL": s.env.get("WANDB_BASE_URL")}
+    added = {k: v for k, v in values.items() if v and not os.environ.get(k)}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def local_store(s: Settings, create: bool = False) -> SQLiteStore:
+    return SQLiteStore(s.state_dir, create=create)
+
+
+def open_sweep(s: Settings, sweep_id: str, project: str | None = None, entity: str | None = None,
+               backend: str | None = None, enter: Callable[[ContextManager], object] | None = None) -> OpenSweep:
+    """The sweep's backend and store: local when the local store has the id, else W&B (``backend``
+    forces one). ``enter`` keeps :func:`wandb_call_env` open for as long as the caller uses a W&B store
+    (the CLI passes its context's ``with_resource``)."""
+    from .wandb_backend import WandbStore, full_path, sweep_path_from_env
+
+    root_db = s.state_dir / "cvsweep.db"
+    local_miss = None
+    if backend == "local":
+        store = local_store(s)
+        store.get_sweep(sweep_id)  # StoreError names the sweeps there are
+        return OpenSweep("local", store, sweep_id)
+    if backend is None and root_db.exists() and "/" not in sweep_id and not (project or entity):
+        store = local_store(s)
+        try:
+            store.get_sweep(sweep_id)
+            return OpenSweep("local", store, sweep_id)
+        except StoreError as exc:
+            local_miss = str(exc)
+    try:
+        wandb_access(s, mode="online")  # reading W&B needs credentials, whatever mode runs use
+    except AccessProblem as exc:
+        raise AccessProblem(f"{local_miss or f'no local sweep {sweep_id!r} in {root_db.parent}'}; "
+                            f"and to look it up on W&B: {exc}") from None
+    if enter is not None:
+        enter(wandb_call_env(s))
+    path = sweep_path_from_env(sweep_id, project, entity, s.env)
+    store = WandbStore(project=path.project, entity=path.entity)
+    return OpenSweep("wandb", store, str(full_path(path, store.api)))

@@ -1,4 +1,5 @@
 """What a new user meets first: validation that catches what the trainer would reject, plain help, fast errors."""
+import json
 import os
 import re
 import subprocess
@@ -145,3 +146,126 @@ def test_amp_defaults_to_what_the_device_supports_and_a_forced_amp_on_cpu_is_sai
         engine.amp_context(tiny(amp=True), torch.device("cpu"))
     said = [r for r in caplog.records if "amp=True has no effect on cpu" in r.getMessage()]
     assert len(said) == 1
+
+
+# -- the cvsweep commands a new user reaches for next -------------------------------------------------
+def _local_sweep(tmp_path, monkeypatch, cfg=None):
+    monkeypatch.setenv("CVSWEEP_DIR", str(tmp_path / "state"))
+    from agent.controller import LocalController
+    from agent.store import SQLiteStore
+
+    cfg = cfg or {"name": "s", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
+                  "parameters": {"learning_rate": {"values": [0.001, 0.002, 0.003, 0.004, 0.005]}}}
+    ctl = LocalController(SQLiteStore(tmp_path / "state"))
+    return ctl, ctl.create_sweep(cfg)
+
+
+def _end(ctl, sweep, state, metric=None, stopped=False, error=None):
+    t = ctl.claim(sweep.id, "w").trial
+    if stopped:  # as hyperband ends a trial: finished with its metric, flagged stopped
+        ctl.store.update_trial(t.id, stopped=1, stop_reason="stopped after epoch 3: best_val_f1 0.01 below 0.09")
+        state = "stopped"
+    ctl.finish(t.id, state, {"best_val_f1": metric} if metric is not None else {}, error=error, owner=t.owner)
+    return t
+
+
+def test_runs_state_stopped_lists_what_hyperband_stopped_and_a_bogus_state_is_refused(tmp_path, monkeypatch):
+    ctl, sweep = _local_sweep(tmp_path, monkeypatch)
+    _end(ctl, sweep, "finished", 0.5)
+    s1 = _end(ctl, sweep, "finished", 0.2, stopped=True)
+    _end(ctl, sweep, "failed", error="DataError: 2 image(s) could not be read")
+    res = CliRunner().invoke(cli, ["runs", sweep.id, "--state", "stopped", "--format", "json"])
+    rows = json.loads(res.stdout)
+    assert [r["run"] for r in rows] == [s1.name] and rows[0]["state"] == "stopped" and "epoch 3" in rows[0]["stop_reason"]
+    table = CliRunner().invoke(cli, ["runs", sweep.id]).stdout.splitlines()
+    assert table[0].split() == ["sweep", "run_id", "run", "state", "metric", "config", "reason"]
+    assert any(" stopped " in ln and "stopped after epoch 3" in ln for ln in table)
+    bad = CliRunner().invoke(cli, ["runs", sweep.id, "--state", "bogus"])
+    assert bad.exit_code == 2 and "'bogus' is not one of 'queued', 'running', 'finished', 'stopped'" in bad.stderr
+
+
+def test_leaderboard_says_what_it_leaves_out_and_writes_plain_csv_with_stopped_trials_named(tmp_path, monkeypatch):
+    ctl, sweep = _local_sweep(tmp_path, monkeypatch)
+    for m in (0.5, 0.123456789, 0.3):
+        _end(ctl, sweep, "finished", m)
+    _end(ctl, sweep, "finished", 0.05, stopped=True)
+    res = CliRunner().invoke(cli, ["leaderboard", sweep.id, "--top", "2"])
+    assert res.exit_code == 0 and "showing 2 of 4; --top 0 for all" in res.stderr
+    assert len(CliRunner().invoke(cli, ["leaderboard", sweep.id, "--top", "0"]).stdout.strip().splitlines()) == 1 + 4 + 1
+    csv_out = CliRunner().invoke(cli, ["leaderboard", sweep.id, "--format", "csv"]).stdout
+    assert "\r" not in csv_out and csv_out.endswith("\n") and not csv_out.endswith("\n\n")
+    lines = csv_out.splitlines()
+    assert lines[0] == "rank,run,state,best_val_f1,learning_rate"
+    assert "0.123456789" in csv_out and lines[-1].split(",")[2] == "stopped" and lines[-1].endswith(",0.004")
+    md = CliRunner().invoke(cli, ["leaderboard", sweep.id, "--format", "markdown"]).stdout
+    assert "| stopped |" in md and "_stopped: ended early by the sweep (hyperband), ranked with its real metric_" in md
+
+
+def test_an_all_failed_sweep_says_why_there_is_nothing_to_rank(tmp_path, monkeypatch):
+    ctl, sweep = _local_sweep(tmp_path, monkeypatch)
+    for _ in range(2):
+        _end(ctl, sweep, "failed", error="NonFiniteLossError: loss became nan")
+    res = CliRunner().invoke(cli, ["leaderboard", sweep.id])
+    assert res.exit_code == 0 and res.stdout == ""
+    assert (f"nothing to rank: no trial of sweep {sweep.id} has a finite best_val_f1 yet (2 failed); "
+            f"see why: cvsweep runs {sweep.id} --state failed") in res.stderr
+
+
+def test_list_shows_every_sweep_newest_first_and_status_without_an_id_the_newest(tmp_path, monkeypatch):
+    ctl, old = _local_sweep(tmp_path, monkeypatch)
+    _end(ctl, old, "finished", 0.42)
+    new = ctl.create_sweep({"name": "newer", "method": "grid", "parameters": {"learning_rate": {"values": [0.1]}}})
+    res = CliRunner().invoke(cli, ["list"])
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["id", "name", "backend", "state", "trials", "best", "age"]
+    assert lines[1].startswith(new.id) and lines[2].startswith(old.id) and "1 finished" in lines[2] and "0.4200" in lines[2]
+    rows = json.loads(CliRunner().invoke(cli, ["list", "--format", "json"]).stdout)
+    assert [r["id"] for r in rows] == [new.id, old.id] and rows[1]["trials"] == {"finished": 1}
+    assert f"sweep {new.id} (local) newer: running" in CliRunner().invoke(cli, ["status"]).stdout
+
+
+CVSWEEP_COMMANDS = ["validate", "create", "agent", "status", "list", "pause", "resume", "stop", "cancel", "runs",
+                    "leaderboard", "sync", "report", "finalize", "demo", "demo-data"]
+BAD_ARGS = {"validate": ["--nope"], "create": ["s.yaml", "--backend", "cloud"], "agent": ["x", "--workers", "0"],
+            "status": ["--nope"], "list": ["--format", "xml"], "pause": [], "resume": [], "stop": [], "cancel": [],
+            "runs": ["x", "--state", "bogus"], "leaderboard": ["x", "--format", "xls"], "sync": [],
+            "report": ["x", "--top", "0"], "finalize": ["x", "--folds", "1"], "demo": ["--workers", "0"],
+            "demo-data": []}
+
+
+@pytest.mark.parametrize("command", CVSWEEP_COMMANDS)
+def test_every_cvsweep_command_has_help_and_answers_a_bad_argument_in_one_line(command, tmp_path, monkeypatch):
+    monkeypatch.setenv("CVSWEEP_DIR", str(tmp_path / "state"))
+    helped = subprocess.run([PY, "-m", "agent", command, "--help"], capture_output=True, text=True, env=_env())
+    assert helped.returncode == 0 and "Usage: cvsweep " + command in helped.stdout and helped.stderr == ""
+    bad = subprocess.run([PY, "-m", "agent", command, *BAD_ARGS[command]], capture_output=True, text=True, env=_env())
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["predict", "--help"], ["--learnin_rate=0.1"], ["--epochs=zero"],
+                                  ["predict", "--checkpoint=nope.pt"], ["predict", "--bogus=1"]])
+def test_every_cvtrain_command_has_help_and_answers_a_bad_argument_without_a_traceback(args, tmp_path):
+    proc = subprocess.run([PY, "-m", "cvtrain", *args], capture_output=True, text=True, env=_env(), cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    if "--help" in args:
+        assert proc.returncode == 0 and proc.stdout.startswith(("``cvtrain``", "usage: cvtrain predict"))
+    else:
+        assert proc.returncode == 2 and proc.stderr.startswith("cvtrain"), proc.stderr
+        assert not (tmp_path / "outputs").exists()
+
+
+def test_a_failed_trial_s_reason_is_in_the_agent_log_once(tmp_path, demo_dir, cache_dir):
+    from sweep_helpers import cvsweep, tiny_params
+
+    cfg = {"name": "bad", "method": "grid", "parameters": tiny_params(demo_dir, cache_dir,
+                                                                      data_dir={"value": str(tmp_path / "nodata")})}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    state = tmp_path / "state"
+    sid = cvsweep(["create", str(f), "--backend", "local"], state).stdout.strip().splitlines()[-1]
+    res = cvsweep(["agent", sid, "--gpus", "none", "--workers", "1"], state)
+    out = res.stdout + res.stderr
+    lines = [ln for ln in out.splitlines() if "does not exist" in ln]
+    assert len(lines) == 1 and "trial bad-001 failed: data_dir=" in lines[0], out[-3000:]

@@ -663,22 +663,15 @@ def main() -> int:
         from cvtrain.demo_data import make_demo_data
 
         data = make_demo_data(work / "data", per_class=8, test_per_class=1, seed=5)
-        if "overhead" in only:
-            bench_overhead(work)
-        if "cache" in only:
-            bench_cache(work)
-        if "claim" in only:
-            bench_claim(work)
-        if "fixed" in only:
-            bench_fixed_cost(work, data)
-        if "workers" in only:
-            bench_workers(work)
-        if "sweep" in only:
-            bench_sweep(work)
-        if "finalize" in only:
-            bench_finalize(work)
-        if "augment" in only:
-            bench_augment(work)
+        sections = {"overhead": bench_overhead, "cache": bench_cache, "claim": bench_claim,
+                    "fixed": lambda w: bench_fixed_cost(w, data), "workers": bench_workers, "sweep": bench_sweep,
+                    "finalize": bench_finalize, "augment": bench_augment}
+        if only - set(sections):
+            ap.error(f"--only: unknown section(s) {', '.join(sorted(only - set(sections)))}; "
+                     f"known: {', '.join(sections)}")
+        for name, run in sections.items():
+            if name in only:
+                run(work)
         emit("load_average_at_end", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     finally:
         if not a.keep:

@@ -35,6 +35,7 @@ from .loader import DeviceBatches, batch_loader
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
 from .model import build_model, model_stats
 from .system import SystemMonitor, environment_info
+from .notices import say_once
 from .stop import EXIT_PREEMPTED, StopRequest
 from .tracking import (create_run_name, finish_run, in_wandb_sweep, init_wandb, mark_preempting,
                        save_model_artifact)
@@ -169,21 +170,11 @@ def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
     return optimizer, scheduler, mixup, train_loss
 
 
-_SAID: set[str] = set()
-
-
-def say_once(message: str, *args) -> None:
-    """Log a notice once per process, not once per trial of a sweep worker."""
-    if message not in _SAID:
-        _SAID.add(message)
-        log.info(message, *args)
-
-
 def amp_context(cfg: Config, device: torch.device):
     """(autocast factory, grad scaler): amp empty means on where the device supports it (CUDA)."""
     e = cfg.experiment
     if e.amp and device.type != "cuda":
-        say_once("amp=True has no effect on %s; training in float32", device.type)
+        say_once(log, "amp=True has no effect on %s; training in float32", device.type)
     if not (e.amp if e.amp is not None else device.type == "cuda") or device.type != "cuda":
         return contextlib.nullcontext, None
     dtype = torch.bfloat16 if e.amp_dtype == "bf16" else torch.float16

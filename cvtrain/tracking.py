@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import Config, ConfigError
+from .notices import say_once
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def init_wandb(cfg: Config, extra_config: dict | None = None, *, run_name: str |
     environ = os.environ if environ is None else environ
     w = cfg.wandb
     access = access_for(cfg, environ)
-    log.info("W&B %s: %s", access.mode, access.reason)
+    say_once(log, "W&B %s: %s", access.mode, access.reason)
     warn_offline_in_sweep(access, environ)
     settings: dict[str, Any] = {"silent": True, "x_save_requirements": w.save_requirements,
                                 "base_url": access.base_url}

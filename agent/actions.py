@@ -36,7 +36,6 @@ def run_agents(s: Settings, sweep: OpenSweep, gpus: str = "all", gpus_per_trial:
 
     from .launcher import (Launcher, allowed_cpus, build_specs, cpu_ranges, describe_visible, nvml_view, parse_gpus,
                            plan_groups, plan_line)
-    from .queries import progress_line
 
     inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
     cpus = allowed_cpus()
@@ -44,7 +43,7 @@ def run_agents(s: Settings, sweep: OpenSweep, gpus: str = "all", gpus_per_trial:
     visible = visible_gpus(inherited, nvml_view()) if use_gpus else Visible([], [])
     chosen = parse_gpus(gpus, visible, inherited)
     if not chosen and workers is None:
-        workers = min(2, len(cpus)) if use_gpus else 1
+        workers = min(2, len(cpus))  # no GPU: up to 2 CPU workers, however "no GPU" was said
     groups = plan_groups(chosen, gpus_per_trial, workers)
     env = s.child_env(with_key=sweep.backend == "wandb")  # local workers never need the key
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -61,21 +60,27 @@ def run_agents(s: Settings, sweep: OpenSweep, gpus: str = "all", gpus_per_trial:
         echo(plan_line(spec))
     if dry_run:
         return 0
-    progress = None
-    if sweep.backend == "local":
-        last = [None]
-
-        def progress():
-            line = progress_line(sweep.store, sweep.key)
-            if line != last[0]:
-                echo(f"[{time.strftime('%H:%M:%S')}] {line}")
-                last[0] = line
-
+    progress = _progress_printer(sweep, echo) if sweep.backend == "local" else None
     code = Launcher(specs, progress=progress, echo=echo).run()
     if sweep.backend == "local":
         st = sweep.store.get_sweep(sweep.key)
         echo(f"sweep {sweep.key}: {st.state}" + (f" ({st.finished_reason})" if st.finished_reason else ""))
     return code
+
+
+def _progress_printer(sweep: OpenSweep, echo: Echo) -> Callable[[], None]:
+    """The launcher's progress callback: the sweep's progress line, whenever it changes."""
+    from .queries import progress_line
+
+    last = [None]
+
+    def show() -> None:
+        line = progress_line(sweep.store, sweep.key)
+        if line != last[0]:
+            echo(f"[{time.strftime('%H:%M:%S')}] {line}")
+            last[0] = line
+
+    return show
 
 
 # ---------------------------------------------------------------------------
@@ -108,7 +113,8 @@ def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int 
         echo(f"  #{r['index']} {r['run']}: {r['oof_macro_f1']:.4f}  (folds: "
              + ", ".join(f"{v:.3f}" for v in r["fold_macro_f1"]) + ")")
     echo(f"  ensemble of {len(result.finalists)}: {result.oof_macro_f1:.4f}")
-    echo(f"wrote {out} ({len(result.test_ids)} rows); submission logged to W&B: {where}")
+    echo(f"wrote {out} ({len(result.test_ids)} rows); submission logged to "
+         + (f"W&B: {where}" if parent_sweep.backend == "wandb" else f"the offline W&B run in {where}"))
     echo(f"oof_macro_f1: {result.oof_macro_f1:.6f}")
     return 0
 
@@ -120,7 +126,7 @@ def run_demo(s: Settings, data_dir: str = "data/demo", sweep_file: str | None = 
     from cvtrain.demo_data import make_demo_data
 
     from .controller import LocalController
-    from .queries import format_leaderboard, leaderboard
+    from .queries import format_leaderboard, leaderboard, nothing_to_rank
     from .report import write_report
     from .validate import check_sweep_file
     from .wandb_backend import write_back_leaderboard
@@ -138,7 +144,8 @@ def run_demo(s: Settings, data_dir: str = "data/demo", sweep_file: str | None = 
     opened = OpenSweep("local", store, sweep.id)
     code = run_agents(s, opened, gpus, 1, workers, echo=echo)
     rows = leaderboard(store, sweep.id)
-    echo("\n" + format_leaderboard(rows[:10], "table"))
+    echo("\n" + (format_leaderboard(rows[:10], "table") if rows else
+                 nothing_to_rank(store.list_trials(sweep.id), sweep.metric_name or "metric", sweep.id)))
     if rows:
         where = write_back_leaderboard(store, store.get_sweep(sweep.id), rows, "local")
         echo(f"\nleaderboard logged to the offline W&B run in {where}")

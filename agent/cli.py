@@ -190,7 +190,7 @@ def agent(sweep_id, gpus, gpus_per_trial, workers, count, backend, pin, dry_run,
     """Run SWEEP_ID's trials (ID, PROJECT/ID or ENTITY/PROJECT/ID): one worker per GPU group, restarted if it dies.
 
     SIGTERM/SIGINT preempt the running trials (checkpointed; marked preempting on W&B, which
-    requeues them) and the command exits 143."""
+    requeues them) and the command exits 128 + the signal (143 for SIGTERM, 130 for Ctrl-C)."""
     from .actions import run_agents
 
     sweep = open_sweep(sweep_id, project, entity, backend)
@@ -222,7 +222,12 @@ def list_cmd(fmt):
     from .access import local_store
     from .actions import format_age, sweep_table
 
-    rows = sweep_table(local_store(settings()))
+    from .store import StoreError
+
+    try:
+        rows = sweep_table(local_store(settings()))
+    except StoreError:  # no database yet: no sweeps
+        rows = []
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -327,7 +332,7 @@ def runs(sweep_id, states, limit, latest, fmt, project, entity):
         return
     table = [("sweep", "run_id", "run", "state", "metric", "config", "reason")]
     table += [(t.sweep_id, t.run_id or "", t.name, state_name(t), f"{t.metric:.4f}" if t.metric is not None else "-",
-               json.dumps(t.params, sort_keys=True), (t.stop_reason if t.stopped else (t.error or "")).split("\n")[0])
+               json.dumps(t.params, sort_keys=True), ((t.stop_reason if t.stopped else t.error) or "").split("\n")[0])
               for t in rows]
     click.echo(_table(table))
 

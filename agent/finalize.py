@@ -109,8 +109,13 @@ def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict) 
 
     for s in reversed(store.list_sweeps()):
         if s.config == config and s.state != "cancelled":
+            # A grid never suggests a point again: a fold that failed or crashed is queued once more
+            # (it resumes from its last checkpoint when it has one).
+            with store.transaction() as c:
+                c.execute("UPDATE trials SET state='pending', attempts=0, worker=NULL, error=NULL "
+                          "WHERE sweep_id=? AND state IN ('failed', 'crashed')", (s.id,))
             if s.state == "finished":
-                store.set_sweep_state(s.id, "running")  # re-check: a requeue may have left work
+                store.set_sweep_state(s.id, "running")
             return s, True
     return LocalController(store).create_sweep(config, project=parent.project, entity=parent.entity), False
 
@@ -166,7 +171,8 @@ def collect(store: SQLiteStore, final: Sweep, finalists: list[Finalist], folds: 
     done = sum(len(v) for v in fold_f1.values())
     if done < expected:
         raise FinalizeError(f"{done} of {expected} fold trials of sweep {final.id} have predictions; not ready: "
-                            + "; ".join(missing[:8]) + f". Run `cvsweep finalize` again to resume them.")
+                            + "; ".join(missing[:8]) + ". Run the same `cvsweep finalize` again: it retries them "
+                            "(fix what failed first; `cvsweep runs " + final.id + " --state failed` shows why)")
     images = sorted(truth)
     for f in finalists:
         if sorted(oof[f.index]) != images:
@@ -200,6 +206,8 @@ def write_outputs(result: FinalResult, output: str | Path, state_root: Path) -> 
     from cvtrain.predict import read_test_set, write_submission
 
     data_dir, sample_submission = result.data_dir, result.sample_submission
+    if not data_dir:
+        raise FinalizeError("no fold trial left its config.yaml: cannot tell which data's test set to predict")
     if result.test_probs is None:
         raise FinalizeError(f"no test predictions: {Path(data_dir) / sample_submission} and the test images "
                             "are needed to write a submission")

@@ -173,20 +173,16 @@ def worker_env(base: Mapping[str, str], gpus: list[Gpu], cpus: list[int], state_
 
 
 def worker_command(sweep_id: str, backend: str, slot: int, count: int | None = None,
-                   project: str | None = None, entity: str | None = None, python: str = sys.executable) -> list[str]:
+                   python: str = sys.executable) -> list[str]:
+    """A W&B worker's ``sweep_id`` is the sweep's full ENTITY/PROJECT/ID path."""
     cmd = [python, "-m", "agent.worker", sweep_id, "--backend", backend, "--name", f"w{slot}"]
     if count is not None:
         cmd += ["--count", str(count)]
-    if project:
-        cmd += ["--project", project]
-    if entity:
-        cmd += ["--entity", entity]
     return cmd
 
 
 def build_specs(sweep_id: str, backend: str, groups: list[list[Gpu]], base_env: Mapping[str, str], state_dir: str,
-                count: int | None = None, project: str | None = None, entity: str | None = None,
-                cpus: list[int] | None = None, pin: bool = True) -> list[WorkerSpec]:
+                count: int | None = None, cpus: list[int] | None = None, pin: bool = True) -> list[WorkerSpec]:
     """One spec per group; ``cpus`` (default: this process's allowed cores) split among them.
 
     ``pin`` confines each worker to its share, when there are enough cores for shares not to overlap.
@@ -194,7 +190,7 @@ def build_specs(sweep_id: str, backend: str, groups: list[list[Gpu]], base_env: 
     cpus = allowed_cpus() if cpus is None else cpus
     shares = cpu_shares(cpus, len(groups))
     pin = pin and len(cpus) >= len(groups)
-    return [WorkerSpec(slot=i, gpus=g, cmd=worker_command(sweep_id, backend, i, count, project, entity),
+    return [WorkerSpec(slot=i, gpus=g, cmd=worker_command(sweep_id, backend, i, count),
                        env=worker_env(base_env, g, share, state_dir), cpus=share, pin=pin)
             for i, (g, share) in enumerate(zip(groups, shares))]
 

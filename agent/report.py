@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .queries import format_cell, is_finite_number, leaderboard, varying_columns
+from .queries import format_cell, is_finite_number, leaderboard, state_counts, varying_columns
 from .store import RunStore, Sweep, Trial
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -207,14 +207,6 @@ def _signed(x: float) -> str:
     return "" if math.isnan(x) else f"{x:+.3f}"
 
 
-def _state_counts(trials: list[Trial]) -> dict:
-    counts = {"finished": 0, "stopped early": 0, "failed": 0, "crashed": 0, "running": 0}
-    for t in trials:
-        key = "stopped early" if t.stopped else t.state
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
 def _trial_hours(trials: list[Trial], now: float) -> float:
     total = 0.0
     for t in trials:
@@ -236,7 +228,7 @@ def build_html(data: ReportData, top: int = 20) -> str:
     now = time.time()
 
     # -- header -------------------------------------------------------------
-    counts = _state_counts(trials)
+    counts = state_counts(trials)  # the state names `cvsweep status` and `runs --state` use
     best = rows[0] if rows else None
     by_id = {t.run_id: t for t in trials}
     when = ""
@@ -249,8 +241,7 @@ def build_html(data: ReportData, top: int = 20) -> str:
              f"<div class='muted'>id {html.escape(sweep.id)} · {html.escape(sweep.backend)} backend · "
              f"method {html.escape(str(sweep.config.get('method')))} · metric {html.escape(metric)} ({html.escape(goal)}) · "
              f"state {html.escape(sweep.state)}{' (' + html.escape(sweep.finished_reason) + ')' if sweep.finished_reason else ''}</div>")
-    stats = [(str(len(trials)), "trials")] + [(str(v), k) for k, v in counts.items() if v or k in
-                                              ("finished", "stopped early", "failed", "crashed", "running")]
+    stats = [(str(len(trials)), "trials")] + [(str(v), k) for k, v in counts.items()]
     stats.append((f"{_trial_hours(trials, now):.2f}", "trial-hours"))
     if best:
         stats.append((f"{best['metric']:.4f}", f"best {metric} ({best['run']}, {when})"))

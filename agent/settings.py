@@ -33,11 +33,6 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
 
     @property
-    def heartbeat_seconds(self) -> float:
-        """Workers beat four times per lease: three missed beats still leave the lease standing."""
-        return self.lease_seconds / 4
-
-    @property
     def project(self) -> str | None:
         return self.env.get("WANDB_PROJECT") or None
 
@@ -45,24 +40,19 @@ class Settings:
     def entity(self) -> str | None:
         return self.env.get("WANDB_ENTITY") or None
 
-    @property
-    def wandb_mode(self) -> str:
-        return (self.env.get("WANDB_MODE") or "online").lower()
-
     def child_env(self, base: Mapping[str, str] | None = None, with_key: bool = False) -> dict:
         """A child's environment: ``base`` (this process's), the resolved cvsweep settings, and the
         key only when ``with_key`` (W&B-backend workers, ``wandb sync``)."""
         env = dict(os.environ if base is None else base)
         env.pop(KEY_VAR, None)
+        # .env's W&B settings (a W&B Server's WANDB_BASE_URL above all) under the environment's: a child
+        # talking to W&B must reach the server the key belongs to.
+        env.update({k: v for k, v in self.env.items() if k.startswith("WANDB_") and k not in env})
         env["CVSWEEP_DIR"] = str(self.state_dir.resolve())
         env["CVSWEEP_LEASE_SECONDS"] = repr(self.lease_seconds)
         if with_key and self.api_key:
             env[KEY_VAR] = self.api_key
         return env
-
-    def wandb_env(self) -> dict:
-        """The settings W&B calls in this process read, with the key (passed to them, not to os.environ)."""
-        return {**self.env, **({KEY_VAR: self.api_key} if self.api_key else {})}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = ".env") -> Settings:

@@ -107,7 +107,9 @@ class RunStore(ABC):
     def get_sweep(self, sweep_id: str) -> Sweep: ...
 
     @abstractmethod
-    def list_trials(self, sweep_id: str | None = None, states: tuple[str, ...] | None = None) -> list[Trial]: ...
+    def list_trials(self, sweep_id: str | None = None, states: tuple[str, ...] | None = None,
+                    with_history: bool = True) -> list[Trial]:
+        """The sweep's trials, oldest first; ``with_history=False`` may skip the per-epoch metric lists."""
 
     @abstractmethod
     def epoch_history(self, trial: Trial) -> list[dict]:

@@ -13,7 +13,6 @@ The key is never passed around here: wandb finds it itself (environment, ``~/.ne
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -26,7 +25,6 @@ from typing import Callable, Mapping, Optional
 
 from .store import RunStore, Sweep, Trial
 
-log = logging.getLogger("cvsweep.wandb")
 
 DEFAULT_PROJECT = "cvsweep"
 

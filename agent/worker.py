@@ -246,6 +246,7 @@ def wandb_main(a) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    settle_imports()
     return worker.run(path, a.count)
 
 

@@ -98,7 +98,8 @@ USAGE = """usage:
 Settings resolve once: defaults < .env and environment (CVTRAIN_<NAME>, WANDB_*) < --config FILE.yaml
 < sweep parameters < command line. Values as `wandb agent` passes them: True/False, lists and dicts as
 Python repr ("--mixup={'alpha': 0.2}"), nested keys dotted (--augment.rotate=0.5), empty for None.
-Exit codes: 0 finished (or stopped/preempted cleanly), 1 the run failed, 2 bad input.
+Exit codes: 0 finished or stopped by a sweep, 143 preempted (checkpointed: --resume=auto continues it),
+1 the run failed, 2 bad input.
 """
 PREDICT_USAGE = """usage: cvtrain predict --checkpoint=PATH --data_dir=DIR [options]
 
@@ -128,7 +129,7 @@ def _main(argv: list[str]) -> int:
     if argv and argv[0] in HELP_FLAGS:
         from .config import settings_help
 
-        print(__doc__.split("\n\n")[0] + "\n\n" + USAGE + "\nSettings (type, default, meaning):\n" + settings_help())
+        print(__doc__.split("\n\n")[0].replace("``", "") + "\n\n" + USAGE + "\nSettings (type, default, meaning):\n" + settings_help())
         return 0
     if argv and argv[0] == "predict":
         if any(a in HELP_FLAGS for a in argv[1:]):

@@ -288,15 +288,21 @@ def record_failed_run(reason: str, environ: Mapping[str, str] | None = None) -> 
     Returns the run id, or None when W&B is not reachable as configured."""
     import wandb
 
-    environ = os.environ if environ is None else environ
+    from .config import merged_env
+
+    environ = merged_env(os.environ if environ is None else environ)  # .env's key, mode and server too
     try:
-        access = wandb_access(environ.get("WANDB_MODE"), None, None, environ)
+        access = wandb_access(environ.get("WANDB_MODE"), environ.get("WANDB_API_KEY"), environ.get("WANDB_BASE_URL"),
+                              environ)
     except AccessError:
         return None
     if access.mode == "disabled":
         return None
+    settings: dict[str, Any] = {"silent": True, "x_save_requirements": False, "base_url": access.base_url}
+    if access.api_key:
+        settings["api_key"] = access.api_key
     run = wandb.init(mode=access.mode, job_type="sweep-trial", reinit="finish_previous",
-                     settings=wandb.Settings(silent=True, x_save_requirements=False))
+                     settings=wandb.Settings(**settings))
     run.summary.update({"state": "failed", "stopped": False, "reason": reason})
     run_id = run.id
     run.finish(exit_code=1)

@@ -96,6 +96,30 @@ def test_finalize_writes_the_submission_and_honest_out_of_fold_estimates(parent,
     assert "id='final'" in html and f"{reported:.4f}" in html and 'id="final-confusion"' in html
 
 
+def test_running_finalize_again_retries_a_fold_that_failed(parent, tmp_path):
+    """A grid never suggests a point twice: the rerun itself must queue the failed fold again."""
+    import sqlite3
+
+    root, sid = parent
+    args = ["finalize", sid, "--top", "1", "--folds", "2", "-o", str(tmp_path / "sub.csv"), "--gpus", "none",
+            "--workers", "1"]
+    assert cvsweep(args, root).returncode == 0
+    final_id = db_rows(root, "SELECT sweep_id FROM trials WHERE params LIKE '%\"folds\": 2%' LIMIT 1")[0]["sweep_id"]
+    victim = db_rows(root, "SELECT id, output_dir FROM trials WHERE sweep_id=? ORDER BY id LIMIT 1", (final_id,))[0]
+    (tmp_path / "gone").mkdir()
+    os.replace(f"{victim['output_dir']}/val_predictions.csv", tmp_path / "gone" / "val_predictions.csv")
+    conn = sqlite3.connect(root / "cvsweep.db")
+    with conn:
+        conn.execute("UPDATE trials SET state='failed', error='RuntimeError: CUDA out of memory' WHERE id=?",
+                     (victim["id"],))
+    conn.close()
+    again = cvsweep(args, root)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(resumed)" in again.stdout and again.stdout.strip().splitlines()[-1].startswith("oof_macro_f1: ")
+    assert db_rows(root, "SELECT state FROM trials WHERE id=?", (victim["id"],))[0]["state"] == "finished"
+    assert (tmp_path / "sub.csv").exists() and os.path.exists(f"{victim['output_dir']}/val_predictions.csv")
+
+
 def test_a_killed_fold_worker_is_requeued_and_the_ensemble_still_completes(tmp_path, demo_dir, cache_dir):
     from agent.controller import LocalController
     from agent.store import SQLiteStore

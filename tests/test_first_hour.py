@@ -3,7 +3,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -224,6 +223,27 @@ def test_list_shows_every_sweep_newest_first_and_status_without_an_id_the_newest
     assert f"sweep {new.id} (local) newer: running" in CliRunner().invoke(cli, ["status"]).stdout
 
 
+def test_list_and_runs_on_a_fresh_directory_and_a_stopped_trial_without_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVSWEEP_DIR", str(tmp_path / "nothing-yet"))
+    res = CliRunner().invoke(cli, ["list"])
+    assert res.exit_code == 0 and "no sweeps in" in res.stderr
+    assert json.loads(CliRunner().invoke(cli, ["list", "--format", "json"]).stdout) == []
+    ctl, sweep = _local_sweep(tmp_path, monkeypatch)
+    t = ctl.claim(sweep.id, "w").trial
+    ctl.finish(t.id, "stopped", {"best_val_f1": 0.1}, owner=t.owner)  # no stop answer came first: no reason
+    res = CliRunner().invoke(cli, ["runs", sweep.id])
+    assert res.exit_code == 0 and " stopped " in res.stdout, res.output
+
+
+def test_without_gpus_the_agent_plans_up_to_two_cpu_workers_however_none_is_said(tmp_path, monkeypatch):
+    _, sweep = _local_sweep(tmp_path, monkeypatch)
+    expected = min(2, len(os.sched_getaffinity(0)))
+    for gpus in ("none", "all"):
+        res = CliRunner().invoke(cli, ["agent", sweep.id, "--gpus", gpus, "--dry-run"],
+                                 env={"CUDA_VISIBLE_DEVICES": ""})
+        assert res.exit_code == 0 and len(res.stdout.strip().splitlines()) == expected, (gpus, res.output)
+
+
 CVSWEEP_COMMANDS = ["validate", "create", "agent", "status", "list", "pause", "resume", "stop", "cancel", "runs",
                     "leaderboard", "sync", "report", "finalize", "demo", "demo-data"]
 BAD_ARGS = {"validate": ["--nope"], "create": ["s.yaml", "--backend", "cloud"], "agent": ["x", "--workers", "0"],
@@ -250,7 +270,7 @@ def test_every_cvtrain_command_has_help_and_answers_a_bad_argument_without_a_tra
     proc = subprocess.run([PY, "-m", "cvtrain", *args], capture_output=True, text=True, env=_env(), cwd=tmp_path)
     assert "Traceback" not in proc.stderr
     if "--help" in args:
-        assert proc.returncode == 0 and proc.stdout.startswith(("``cvtrain``", "usage: cvtrain predict"))
+        assert proc.returncode == 0 and proc.stdout.startswith(("cvtrain: train one model", "usage: cvtrain predict"))
     else:
         assert proc.returncode == 2 and proc.stderr.startswith("cvtrain"), proc.stderr
         assert not (tmp_path / "outputs").exists()

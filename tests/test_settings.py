@@ -14,7 +14,7 @@ def test_env_file_values_are_read_and_the_environment_wins(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("CVSWEEP_DIR=from-dotenv\nCVSWEEP_LEASE_SECONDS=8\n")
     s = load_settings({}, env_file)
-    assert s.state_dir == Path("from-dotenv") and s.lease_seconds == 8.0 and s.heartbeat_seconds == 2.0
+    assert s.state_dir == Path("from-dotenv") and s.lease_seconds == 8.0 and s.lease_seconds / 4 == 2.0
     s = load_settings({"CVSWEEP_LEASE_SECONDS": "20", "CVSWEEP_DIR": "from-env"}, env_file)
     assert s.state_dir == Path("from-env") and s.lease_seconds == 20.0
     s = load_settings({}, tmp_path / "missing.env")
@@ -35,6 +35,18 @@ def test_the_key_goes_only_into_the_child_environments_that_ask_for_it():
     local = s.child_env({"PATH": "/bin", "WANDB_API_KEY": SECRET})
     assert "WANDB_API_KEY" not in local and local["CVSWEEP_DIR"] == "/s" and float(local["CVSWEEP_LEASE_SECONDS"]) == 12
     assert s.child_env({"PATH": "/bin"}, with_key=True)["WANDB_API_KEY"] == SECRET
+
+
+def test_a_child_talking_to_wandb_gets_the_server_from_dotenv_with_the_key(tmp_path):
+    """`wandb sync` of a local sweep: key and W&B Server only in .env; the key must go to that server."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"WANDB_API_KEY={SECRET}\nWANDB_BASE_URL=https://wandb.example.com\nWANDB_PROJECT=p\n")
+    s = load_settings({"PATH": "/bin"}, env_file)
+    child = s.child_env({"PATH": "/bin"}, with_key=True)
+    assert child["WANDB_API_KEY"] == SECRET and child["WANDB_BASE_URL"] == "https://wandb.example.com"
+    assert s.child_env({"PATH": "/bin"})["WANDB_BASE_URL"] == "https://wandb.example.com"
+    mine = s.child_env({"PATH": "/bin", "WANDB_BASE_URL": "https://other.example.com"}, with_key=True)
+    assert mine["WANDB_BASE_URL"] == "https://other.example.com"  # the environment wins over .env
 
 
 def test_cli_reads_cvsweep_dir_from_dotenv_and_never_exports_the_key(tmp_path):

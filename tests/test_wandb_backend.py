@@ -2,7 +2,6 @@
 
 Live tests at the bottom run only with WANDB_API_KEY and CVSWEEP_LIVE_TESTS=1.
 """
-import os
 
 import pytest
 from click.testing import CliRunner

@@ -5,7 +5,6 @@ real API pages them; write-back; sweep state verbs; create). The agents and trai
 are in test_wandb_agents.py.
 """
 import json
-import os
 
 import pytest
 from click.testing import CliRunner

@@ -4,6 +4,7 @@
 Nothing of wandb is replaced: the server on 127.0.0.1 hands out runs and stop commands through
 heartbeats, as W&B's does, and records what the trainer sends.
 """
+import contextlib
 import json
 import math
 import os
@@ -43,6 +44,17 @@ def output_of(proc) -> str:
     return (out or "")[-6000:]
 
 
+@contextlib.contextmanager
+def driving(proc, name: str):
+    """Drive a child process: a wait that times out fails with what it printed; it never outlives the block."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n--- {name} printed:\n{output_of(proc)}") from None
+    finally:
+        proc.kill()
+
+
 def tiny(demo_dir, cache_dir, **over):
     p = {"data_dir": str(demo_dir), "model_name": "test_resnet", "img_size": 32, "batch_size": 16, "epochs": 300,
          "num_workers": 0, "cache_dir": str(cache_dir), "progress": False, "system_interval": 5.0}
@@ -68,7 +80,7 @@ def test_wandb_agent_runs_cvtrain_from_our_sweep_file_and_a_stop_ends_it_stopped
     run_id = server.queue_run(sweep_id, params)
     agent = subprocess.Popen(agent_cli(f"{server.entity}/docs/{sweep_id}", poll_interval=1), cwd=tmp_path,
                              env=trainer_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with driving(agent, "wandb agent"):
         server.wait_for(lambda: len(epochs_logged(server, run_id)) >= 2, 240, "two epochs of the trial")
         t0 = time.monotonic()
         server.stop_run(run_id)
@@ -76,10 +88,6 @@ def test_wandb_agent_runs_cvtrain_from_our_sweep_file_and_a_stop_ends_it_stopped
         elapsed = time.monotonic() - t0
         server.finish_sweep(sweep_id)
         output, _ = agent.communicate(timeout=60)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}\n--- wandb agent printed:\n{output_of(agent)}") from None
-    finally:
-        agent.kill()
     assert agent.returncode == 0, output[-4000:]
 
     out = tmp_path / "outputs" / f"sweep-{sweep_id}" / run_id
@@ -130,7 +138,7 @@ def test_cvsweep_agent_on_wandb_stops_fails_and_preempts_trials_as_wandb_expects
                                               weight_decay=1e6, log_interval=1, epochs=2, batch_size=8))
     bad_config = server.queue_run(sweep_id, tiny(demo_dir, cache_dir, optimizer="adamm"))  # fails before its run
     launcher = _cvsweep_agent(path, tmp_path, "--workers", "2")
-    try:
+    with driving(launcher, "cvsweep agent"):
         # 1. a stop from the sweep, delivered in-process as wandb's injected exception
         server.wait_for(lambda: len(epochs_logged(server, stop_me)) >= 2, 240, "two epochs of the first trial")
         server.stop_run(stop_me)
@@ -141,10 +149,6 @@ def test_cvsweep_agent_on_wandb_stops_fails_and_preempts_trials_as_wandb_expects
         server.wait_for(lambda: all(len(epochs_logged(server, r)) >= 2 for r in pre), 240, "both workers training")
         launcher.send_signal(signal.SIGTERM)
         output, _ = launcher.communicate(timeout=120)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}\n--- cvsweep agent printed:\n{output_of(launcher)}") from None
-    finally:
-        launcher.kill()
     assert launcher.returncode == 128 + signal.SIGTERM, output[-4000:]
     out = tmp_path / "outputs" / f"sweep-{sweep_id}"
 
@@ -174,14 +178,10 @@ def test_cvsweep_agent_on_wandb_stops_fails_and_preempts_trials_as_wandb_expects
     done_before = len(epochs_logged(server, pre[0]))
     server.requeue_run(pre[0])
     again = _cvsweep_agent(path, tmp_path, "--workers", "1", "--count", "1")
-    try:
+    with driving(again, "cvsweep agent"):
         server.wait_for(lambda: len(epochs_logged(server, pre[0])) > done_before + 1, 240, "the resumed trial")
         server.stop_run(pre[0])  # no need to train all 300 epochs: it resumed, and stops as any trial
         output2, _ = again.communicate(timeout=120)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}\n--- cvsweep agent printed:\n{output_of(again)}") from None
-    finally:
-        again.kill()
     assert again.returncode == 0, output2[-4000:]
     assert f"resuming from {out / pre[0] / 'checkpoints' / 'last.pt'} after epoch {done_before}" in output2
     record = server.runs[pre[0]]
@@ -204,17 +204,13 @@ def test_a_cluster_sigterm_under_wandb_agent_preempts_the_trial_for_requeue(
     run_id = server.queue_run(sweep_id, tiny(demo_dir, cache_dir, learning_rate=0.003))
     agent = subprocess.Popen(agent_cli(f"{server.entity}/docs/{sweep_id}", poll_interval=1), cwd=tmp_path,
                              env=trainer_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with driving(agent, "wandb agent"):
         server.wait_for(lambda: len(epochs_logged(server, run_id)) >= 2, 240, "two epochs of the trial")
         (trainer,) = [p for p in psutil.Process(agent.pid).children() if "cvtrain" in " ".join(p.cmdline())]
         os.kill(trainer.pid, signal.SIGTERM)  # from this test's pid: not the agent
         server.wait_for(lambda: server.runs[run_id].finished, 60, "the preempted trial's run to end")
         server.finish_sweep(sweep_id)
         output, _ = agent.communicate(timeout=60)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}\n--- wandb agent printed:\n{output_of(agent)}") from None
-    finally:
-        agent.kill()
     record = server.runs[run_id]
     assert (record.state, record.preempting, record.exitcode) == ("preempted", True, 143), output[-3000:]
     assert record.summary["state"] == "preempted" and f"SIGTERM from pid {os.getpid()}" in record.summary["reason"]

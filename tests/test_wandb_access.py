@@ -51,21 +51,22 @@ def test_an_explicit_offline_or_disabled_mode_wins_over_credentials(home):
     assert wandb_access("dryrun", environ=env).mode == "offline"
 
 
-def test_wandb_offline_in_the_settings_file_is_honoured(home):
+def _access_with_settings_file(home, settings: str):
+    """wandb_access with credentials in ~/.netrc for 127.0.0.1:8765 and ``settings`` in wandb's settings file."""
     _netrc(home, "127.0.0.1:8765")
     cfg_dir = home / ".config" / "wandb"
     cfg_dir.mkdir(parents=True)
-    (cfg_dir / "settings").write_text("[default]\nmode = offline\nbase_url = http://127.0.0.1:8765\n")
-    acc = wandb_access(environ={"WANDB_CONFIG_DIR": str(cfg_dir)})
+    (cfg_dir / "settings").write_text("[default]\n" + settings)
+    return wandb_access(environ={"WANDB_CONFIG_DIR": str(cfg_dir)})
+
+
+def test_wandb_offline_in_the_settings_file_is_honoured(home):
+    acc = _access_with_settings_file(home, "mode = offline\nbase_url = http://127.0.0.1:8765\n")
     assert acc.mode == "offline" and acc.base_url == "http://127.0.0.1:8765"
 
 
 def test_base_url_from_wandb_settings_file_selects_the_netrc_entry(home):
-    _netrc(home, "127.0.0.1:8765")
-    cfg_dir = home / ".config" / "wandb"
-    cfg_dir.mkdir(parents=True)
-    (cfg_dir / "settings").write_text("[default]\nbase_url = http://127.0.0.1:8765\n")
-    acc = wandb_access(environ={"WANDB_CONFIG_DIR": str(cfg_dir)})
+    acc = _access_with_settings_file(home, "base_url = http://127.0.0.1:8765\n")
     assert acc.mode == "online" and acc.base_url == "http://127.0.0.1:8765"
 
 

@@ -19,6 +19,7 @@ import sys
 
 import click
 
+from .queries import STATE_NAMES, format_table
 from .settings import Settings, SettingsError, load_settings
 
 
@@ -237,12 +238,7 @@ def list_cmd(fmt):
     table = [("id", "name", "backend", "state", "trials", "best", "age")]
     table += [(r["id"], r["name"], r["backend"], r["state"], ", ".join(f"{v} {k}" for k, v in r["trials"].items())
                or "none", "-" if r["best"] is None else f"{r['best']:.4f}", format_age(r["age_s"])) for r in rows]
-    click.echo(_table(table))
-
-
-def _table(rows: list[tuple]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    click.echo(format_table(table))
 
 
 def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...], project=None, entity=None):
@@ -296,7 +292,7 @@ def cancel(sweep_id, project, entity):
 
 
 # ---------------------------------------------------------------------------
-STATE_CHOICE = click.Choice(["queued", "running", "finished", "stopped", "failed", "crashed", "preempted", "killed"])
+STATE_CHOICE = click.Choice(STATE_NAMES)
 
 
 @cli.command()
@@ -334,7 +330,7 @@ def runs(sweep_id, states, limit, latest, fmt, project, entity):
     table += [(t.sweep_id, t.run_id or "", t.name, state_name(t), f"{t.metric:.4f}" if t.metric is not None else "-",
                json.dumps(t.params, sort_keys=True), ((t.stop_reason if t.stopped else t.error) or "").split("\n")[0])
               for t in rows]
-    click.echo(_table(table))
+    click.echo(format_table(table))
 
 
 @cli.command("leaderboard")

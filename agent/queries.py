@@ -144,10 +144,13 @@ def format_leaderboard(rows: list[dict], fmt: str = "table") -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(b) + " |" for b in body]
         return "\n".join(lines + ([""] + [f"_{n}_" for n in note] if note else []))
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    return "\n".join(lines + note)
+    return "\n".join([format_table([header, *body])] + note)
+
+
+def format_table(rows: list) -> str:
+    """Rows of cells (the first the header) as left-aligned columns two spaces apart."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def _exact(v) -> str:

@@ -5,6 +5,7 @@
     cvsweep agent SWEEP --gpus all                       # one worker per GPU (or --gpus none --workers 2)
     cvsweep leaderboard SWEEP --format markdown --write-back
     cvsweep list                                         # every local sweep, newest first
+    cvsweep slurm SWEEP --tasks 8 --gpus-per-task 4      # its agents as a SLURM job array (prints the job id)
     cvsweep demo                                         # demo data + local sweep + agents + finalize + report
 
 What the commands do lives in the library (agent.access, agent.actions, agent.queries, ...);

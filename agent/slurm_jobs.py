@@ -117,7 +117,7 @@ def task_lines(s: Settings, sweep_key: str) -> list[str]:
         if not rows:
             return [head, "  not known to squeue any more, and sacct has no record of it"]
     lines = [head]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (len(r[0]), r[0])):  # 12_2 before 12_10
         task, state, elapsed, node, *rest = r + [""] * (5 - len(r))
         extra = " ".join(x for x in rest if x and x != "None")
         lines.append(f"  {task:<14} {state:<11} {elapsed:>10}  {node or '-'}" + (f"  ({extra})" if extra else ""))

@@ -79,6 +79,14 @@ def test_dry_run_for_a_wandb_sweep_on_4_nodes_field_by_field(wandb_server, tmp_p
     assert "WANDB_API_KEY" not in body and server.api_key not in body
 
 
+@pytest.mark.parametrize("text, seconds", [("90", 5400), ("2:30", 150), ("4:00:00", 14400), ("1-12", 129600),
+                                           ("1-00:30", 88200), ("2-01:02:03", 176523)])
+def test_time_limits_read_as_slurm_reads_them(text, seconds):
+    from agent.slurm import format_time, parse_time
+
+    assert parse_time(text) == seconds and parse_time(format_time(seconds)) == seconds
+
+
 def _one_line_error(res, *words):
     assert res.returncode == 2, res.stdout + res.stderr
     error = [x for x in res.stderr.splitlines() if x.startswith("Error:")]
@@ -163,9 +171,9 @@ def test_an_array_of_two_tasks_runs_every_trial_of_a_local_sweep_once(slurm, tmp
     logs = _logs(state, sweep_id)
     assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, logs[-3000:]
     assert "cvsweep slurm: task 0" in logs and "cvsweep slurm: task 1" in logs
-    rows = db_rows(state, "SELECT params, state FROM trials")
+    rows = db_rows(state, "SELECT params, state, attempt, attempts FROM trials")
     assert len(rows) == 4 and len({r["params"] for r in rows}) == 4, logs[-3000:]
-    assert {r["state"] for r in rows} == {"finished"}
+    assert {(r["state"], r["attempt"], r["attempts"]) for r in rows} == {("finished", 1, 0)}  # each ran once
     status = cvsweep(["status", sweep_id], state)
     assert status.returncode == 0, status.stderr
     assert "trials: 4 finished" in status.stdout and f"slurm array {job}" in status.stdout

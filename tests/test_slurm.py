@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import PY, ROOT
+from conftest import ROOT
 from sweep_helpers import cvsweep, db_rows, tiny_params, wait_for
 
 SLURM_LOCAL = ROOT / "scripts" / "slurm_local.sh"

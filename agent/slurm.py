@@ -8,7 +8,7 @@ queue with ``scontrol requeue`` so the trials resume from their checkpoints. A t
 the sweep is done exits 0 and is not requeued.
 
 Building the script is a pure function of a :class:`SlurmPlan` (tested without SLURM);
-:mod:`agent.slurm_queue` submits it and reads the array's tasks back.
+:mod:`agent.slurm_jobs` submits it and reads the array's tasks back.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install browser clean
+.PHONY: demo test test-fast bench install browser slurm clean
 
 # The venv takes about 6 GB (torch's CUDA build, which also runs on the CPU) and about 2 minutes.
 $(STAMP): setup.cfg pyproject.toml
@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/cvsweep demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser slurm
 	$(PY) -m pytest
 
 # The report test opens the page in Debian's headless Chromium (no browser download). As root with
@@ -31,6 +31,17 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	      || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium not installed (apt-get install chromium): the browser test will be skipped"; fi; }
+
+# The `cvsweep slurm` tests run job arrays on a one-node SLURM on this machine (scripts/slurm_local.sh, which
+# the tests start). As root with apt-get, `make test` installs Debian's slurm-wlm and munge for them (~45 MB,
+# seconds); otherwise those tests skip.
+slurm:
+	@command -v sbatch >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's slurm-wlm and munge (apt-get) for the SLURM tests; skip them: make test-fast"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
+	      || echo "could not install slurm-wlm: the SLURM tests will be skipped"; \
+	  else echo "SLURM not installed (apt-get install slurm-wlm munge): the SLURM tests will be skipped"; fi; }
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"

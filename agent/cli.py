@@ -5,6 +5,7 @@
     cvsweep agent SWEEP --gpus all                       # one worker per GPU (or --gpus none --workers 2)
     cvsweep leaderboard SWEEP --format markdown --write-back
     cvsweep list                                         # every local sweep, newest first
+    cvsweep slurm SWEEP --tasks 8 --gpus-per-task 4      # its agents as a SLURM job array (prints the job id)
     cvsweep demo                                         # demo data + local sweep + agents + finalize + report
 
 What the commands do lives in the library (agent.access, agent.actions, agent.queries, ...);
@@ -212,8 +213,60 @@ def status(sweep_id, project, entity):
         if not sweeps:
             raise click.ClickException(f"no local sweep in {settings().state_dir}; `cvsweep create FILE` makes one")
         sweep_id = sweeps[-1].id
-    for line in status_lines(open_sweep(sweep_id, project, entity)):
+    sweep = open_sweep(sweep_id, project, entity)
+    from .slurm_jobs import task_lines
+
+    for line in status_lines(sweep) + task_lines(settings(), sweep.key):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("sweep_id")
+@click.option("--tasks", type=int, required=True, help="array tasks: one `cvsweep agent` each, on one node")
+@click.option("--gpus-per-task", type=click.IntRange(0), default=1, show_default=True,
+              help="GPUs per task (--gres=gpu:G); 0: CPU-only tasks (agent --gpus none)")
+@click.option("--cpus-per-task", type=click.IntRange(1), default=None, help="default: the partition's")
+@click.option("--time", "time_text", default=None, help="each task's time limit (SLURM's formats: 90, 4:00:00, "
+              "1-12:00:00); SIGTERM comes 120 s before it, the trials checkpoint and the task requeues")
+@click.option("--partition", default=None)
+@click.option("--account", default=None)
+@click.option("--max-running", type=int, default=None, help="tasks running at once (--array=0-(N-1)%%K)")
+@click.option("--nodes", type=click.IntRange(1), default=None, help="machines the tasks may use: 1 keeps them all "
+              "on this one (the default, and the only choice, for a local sweep); a W&B sweep's tasks go anywhere")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, help="one more #SBATCH option, e.g. --sbatch-arg=--qos=low "
+              "(repeatable)")
+@click.option("--dry-run", is_flag=True, help="write the script and print it; submit nothing")
+@sweep_options
+def slurm(sweep_id, tasks, gpus_per_task, cpus_per_task, time_text, partition, account, max_running, nodes,
+          sbatch_args, dry_run, project, entity):
+    """Run SWEEP_ID's agents as a SLURM job array (a plain sbatch script beside the sweep's state); prints
+    the job id last. Tasks get SIGTERM before their time limit, checkpoint, and requeue themselves."""
+    from .access import AccessProblem
+    from .slurm import SlurmError, parse_time
+    from .slurm_jobs import SubmitError, make_plan, need_sbatch, submit, write_script
+    from .store import StoreError
+
+    try:
+        time_s = parse_time(time_text) if time_text is not None else None
+        try:
+            sweep = open_sweep(sweep_id, project, entity)
+        except (StoreError, AccessProblem) as exc:
+            raise SlurmError(str(exc)) from None
+        plan = make_plan(settings(), sweep, tasks, gpus_per_task, cpus_per_task, time_s, partition, account,
+                         max_running, nodes, sbatch_args)
+        if dry_run:
+            path = write_script(plan)
+            click.echo(path.read_text(), nl=False)
+            click.echo(f"wrote {path}; nothing submitted (sbatch {path} submits it)", err=True)
+            return
+        job = submit(plan, need_sbatch())
+    except SlurmError as exc:
+        raise click.UsageError(str(exc)) from None
+    except SubmitError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"submitted {tasks} task(s) of {plan.out_dir / 'job.sh'}; output in {plan.out_dir}; "
+               f"see them with: cvsweep status {sweep_id}")
+    click.echo(job)
 
 
 @cli.command("list")

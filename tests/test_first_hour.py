@@ -245,12 +245,12 @@ def test_without_gpus_the_agent_plans_up_to_two_cpu_workers_however_none_is_said
 
 
 CVSWEEP_COMMANDS = ["validate", "create", "agent", "status", "list", "pause", "resume", "stop", "cancel", "runs",
-                    "leaderboard", "sync", "report", "finalize", "demo", "demo-data"]
+                    "leaderboard", "sync", "report", "finalize", "demo", "demo-data", "slurm"]
 BAD_ARGS = {"validate": ["--nope"], "create": ["s.yaml", "--backend", "cloud"], "agent": ["x", "--workers", "0"],
             "status": ["--nope"], "list": ["--format", "xml"], "pause": [], "resume": [], "stop": [], "cancel": [],
             "runs": ["x", "--state", "bogus"], "leaderboard": ["x", "--format", "xls"], "sync": [],
             "report": ["x", "--top", "0"], "finalize": ["x", "--folds", "1"], "demo": ["--workers", "0"],
-            "demo-data": []}
+            "demo-data": [], "slurm": ["x", "--gpus-per-task", "-1"]}
 
 
 @pytest.mark.parametrize("command", CVSWEEP_COMMANDS)

@@ -158,11 +158,12 @@ def _main(argv: list[str]) -> int:
         _record_failure(exc, sweep)
         return 2
     except Exception as exc:  # noqa: BLE001 - one clear line for every known failure, traceback otherwise
+        from .checkpoint import UnsafeCheckpointError
         from .data import DataError
         from .engine import NonFiniteLossError
         from .model import PretrainedWeightsError
 
-        if isinstance(exc, (DataError, PretrainedWeightsError, FileNotFoundError)):
+        if isinstance(exc, (DataError, PretrainedWeightsError, FileNotFoundError, UnsafeCheckpointError)):
             print(f"cvtrain: {exc}", file=sys.stderr)
             _record_failure(exc, sweep)
             return 2

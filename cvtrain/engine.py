@@ -357,7 +357,7 @@ def _setup(cfg: Config, resume: str | None) -> Session:
     autocast, scaler = amp_context(cfg, device)
     state, resume_path = ckpt.TrainState(), ckpt.find_resume(resume, ckpt_dir)
     if resume_path is not None:
-        state = ckpt.load(resume_path, model, optimizer, scheduler, scaler, device)
+        state = ckpt.load(resume_path, model, optimizer, scheduler, scaler, device, own_dir=ckpt_dir)
         log.info("resuming from %s after epoch %d", resume_path, state.epoch)
     return Session(cfg, device, out_dir, ckpt_dir, data, model, num_classes, stats, optimizer, scheduler, mixup,
                    loss_fn, autocast, scaler, Normalizer(device, channels_last), state, resume_path)
@@ -443,7 +443,8 @@ def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
     keep = s.cfg.paths.keep_checkpoints
     save_last = s.cfg.paths.save_last and not (ending and keep in ("best", "none"))
     ckpt.save_epoch(s.ckpt_dir, st.best_epoch == epoch and not (ending and keep == "none"), save_last, s.model,
-                    s.optimizer, s.scheduler, s.scaler, st, s.cfg, s.data.index.class_names,
+                    s.optimizer, s.scheduler, s.scaler, st, s.cfg,
+                    ckpt.inference_info(s.num_classes, s.data.index.class_names, s.cfg),
                     best_weights_only=ending and keep == "best")
     if s.log_fn is not None:
         s.log_fn(metrics)

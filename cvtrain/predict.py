@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +13,31 @@ from .config import ExperimentConfig, mapping_layer, resolve
 from .data import check_bad_images, load_or_build_cache, resolve_image
 from .engine import Normalizer, select_device
 from .model import build_model
+from .notices import say_once
 from .tta import stack_views
+
+log = logging.getLogger(__name__)
 
 
 def load_for_inference(checkpoint: str | Path, device: torch.device):
+    """(model in eval mode, resolved config, class names) from a checkpoint, read as data only."""
     obj = ckpt.read(checkpoint, "cpu")
-    saved = {k: v for k, v in obj["config"].items()}
-    cfg = resolve(mapping_layer(saved, f"checkpoint {checkpoint}"))
+    cfg = resolve(mapping_layer(dict(obj["config"]), f"checkpoint {checkpoint}"))
     exp: ExperimentConfig = cfg.experiment
     exp.pretrained = False  # the checkpoint holds the weights
-    num_classes = obj["model"][next(k for k in reversed(list(obj["model"])) if k.endswith("weight"))].shape[0]
-    model = build_model(exp, num_classes)
+    info = obj.get("inference") or _older_checkpoint_info(obj, cfg, checkpoint)
+    model = build_model(exp, info["num_classes"])
     model.load_state_dict(obj["model"])
-    return model.to(device).eval(), cfg, obj["class_names"]
+    return model.to(device).eval(), cfg, info["class_names"]
+
+
+def _older_checkpoint_info(obj: dict, cfg, checkpoint) -> dict:
+    """Checkpoints from before the ``inference`` facts: the class count from the config or the class names."""
+    say_once(log, "%s predates the inference facts in checkpoints: the class count comes from its "
+             "config and class names", checkpoint)
+    names = list(obj.get("class_names", []))
+    return {"num_classes": cfg.experiment.num_classes or len(names), "class_names": names,
+            "img_size": cfg.experiment.img_size, "resize": cfg.data.resize}
 
 
 @torch.no_grad()

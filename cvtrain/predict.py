@@ -10,7 +10,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, mapping_layer, resolve
-from .data import check_bad_images, load_or_build_cache, resolve_image
+from .data import DataError, check_bad_images, check_ids, load_or_build_cache, resolve_image
 from .engine import Normalizer, select_device
 from .model import build_model
 from .notices import say_once
@@ -71,6 +71,9 @@ def read_test_set(root: str | Path, test_dir: str = "test", sample_submission: s
         reader = csv.DictReader(f)
         fields = reader.fieldnames or ["ID", "target"]
         ids = [r[fields[0]] for r in reader]
+    problems = check_ids(sub_path, ids, unique=False)
+    if problems:
+        raise DataError("\n".join(problems))
     return fields[:2], ids, [str(resolve_image(root / test_dir, i)) for i in ids]
 
 

@@ -150,3 +150,48 @@ def test_device_batches_are_the_same_for_any_worker_count_and_change_with_the_ep
     seen = sorted((xi.permute(1, 2, 0).numpy().tobytes(), int(yi)) for x, y in plain for xi, yi in zip(x, y))
     assert seen == sorted((np.asarray(arr[j]).tobytes(), idx.labels[j]) for j in range(30))
     assert [int(v) for _, y in plain for v in y] != [idx.labels[j] for j in range(30)]  # shuffled
+
+
+def _rewrite_csv(path, edit):
+    rows = list(csv.reader(path.open()))
+    edit(rows)
+    with path.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    return rows
+
+
+def test_ids_reaching_outside_the_data_directory_are_refused_with_their_row(demo_dir, tmp_path):
+    import shutil
+
+    from cvtrain.predict import read_test_set
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    (tmp_path / "outside.jpg").write_bytes((data / "train" / next((data / "train").iterdir()).name).read_bytes())
+
+    def poison(rows):
+        rows[3][0] = "../../outside.jpg"
+        rows[5][0] = str(tmp_path / "outside.jpg")
+
+    _rewrite_csv(data / "train.csv", poison)
+    with pytest.raises(D.DataError) as err:
+        D.load_index(DataConfig(data_dir=str(data)))
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{data / 'train.csv'}:4: ID '../../outside.jpg'")
+    assert lines[1].startswith(f"{data / 'train.csv'}:6: ID '{tmp_path / 'outside.jpg'}'")
+    _rewrite_csv(data / "sample_submission.csv", poison)
+    with pytest.raises(D.DataError, match=r"sample_submission.csv:4: ID '../../outside.jpg' is not a file name"):
+        read_test_set(data)
+
+
+def test_a_duplicate_id_in_train_csv_is_named_with_its_rows(demo_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    rows = _rewrite_csv(data / "train.csv", lambda rows: rows.__setitem__(7, list(rows[2])))
+    with pytest.raises(D.DataError) as err:
+        D.load_index(DataConfig(data_dir=str(data)))
+    assert str(err.value) == (f"{data / 'train.csv'}: ID {rows[2][0]!r} is listed 2 times (rows 3, 8); "
+                              "each image once")

@@ -29,6 +29,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .checks import input_size_problem
+
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion")
 SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "none")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -684,7 +686,12 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
 
 
 def validate_model_name(cfg: Config) -> list[str]:
-    return check_model_name(cfg.experiment.model_name, cfg.sources.get("model_name"))
+    """A timm model name, and an img_size the model can take (some take one size only)."""
+    e = cfg.experiment
+    problems = check_model_name(e.model_name, cfg.sources.get("model_name"))
+    size = None if problems else input_size_problem(e.model_name, e.img_size, f"from {cfg.sources.get('model_name')}",
+                                                    f"from {cfg.sources.get('img_size')}")
+    return problems + ([size] if size else [])
 
 
 def check_model_name(name: str, source: str | None = None) -> list[str]:

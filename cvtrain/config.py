@@ -517,7 +517,7 @@ def file_layer(path: str | os.PathLike) -> dict[str, tuple[Any, str]]:
 #: Facts the trainer logs in a run's config beside its settings (engine's run extras). A W&B sweep
 #: that requeues a preempted run may hand the run's whole config back as its parameters: these
 #: are read back as what they are, facts, and ignored.
-RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val"})
+RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val", "split"})
 
 
 def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, str]]:
@@ -556,6 +556,8 @@ def resolve(*layers: dict[str, tuple[Any, str]], check_model: bool = False) -> C
 
 
 def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) -> None:
+    if key in RUN_FACT_KEYS:
+        return  # a saved config.yaml also records facts (the split used): read back, they set nothing
     if key == CANDIDATE:
         if isinstance(value, str):
             value = parse_literal(value)

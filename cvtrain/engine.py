@@ -36,6 +36,7 @@ from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_
 from .model import build_model, model_stats
 from .system import SystemMonitor, environment_info
 from .notices import say_once
+from .split import split_record
 from .stop import EXIT_PREEMPTED, StopRequest
 from .tracking import (create_run_name, finish_run, in_wandb_sweep, init_wandb, mark_preempting,
                        save_model_artifact)
@@ -116,6 +117,7 @@ class DataBundle:
     train_loader: DeviceBatches     # uint8 batches on the device, augmented (set_epoch on train_ds)
     val_loader: DeviceBatches
     generator: torch.Generator      # the shuffle's; reseeded every epoch
+    split: dict                     # the split used: split_seed, n_val, val_ids_sha1 (cvtrain.split)
 
 
 def build_data(cfg: Config, device: torch.device) -> DataBundle:
@@ -127,6 +129,8 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
     if skip:
         keep = np.array([p not in skip for p in index.paths])
         tr, va = tr[keep[tr]], va[keep[va]]
+    ids = index.image_ids()
+    split = split_record(e.seed if d.split_seed is None else d.split_seed, [ids[j] for j in va])
     if len(tr) < e.batch_size and (e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0):
         raise ConfigError([f"batch_size={e.batch_size}: larger than the {len(tr)} training images"])
     on_device = d.augment_on == "device"
@@ -142,7 +146,7 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
     val = batch_loader(val_ds, e.batch_size * 2, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
     return DataBundle(index, train_ds, val_ds,
                       DeviceBatches(train, device, aug=e.augment if on_device else None, seed=e.seed),
-                      DeviceBatches(val, device), g)
+                      DeviceBatches(val, device), g, split)
 
 
 def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
@@ -320,7 +324,8 @@ def train(config: Config, reporter: Reporter | None = None, *, resume: str | Non
         raise ConfigError(problems)
     s = _setup(config, resume)
     s.run = init_wandb(s.cfg, _run_extra(s), resume=s.resumed_from is not None, wandb_dir=wandb_dir)
-    (s.out_dir / "config.yaml").write_text(yaml.safe_dump(s.cfg.to_flat_dict(), sort_keys=True))
+    (s.out_dir / "config.yaml").write_text(yaml.safe_dump({**s.cfg.to_flat_dict(), "split": s.data.split},
+                                                          sort_keys=True))
     s.monitor = SystemMonitor(s.cfg.logging.system_interval, sink=s.log_fn).start()
     try:
         outcome = _fit(s, reporter, stop_event)
@@ -367,7 +372,8 @@ def _run_extra(s: Session) -> dict:
     """What the run config carries beyond the settings: environment, model and data facts."""
     return {"env": environment_info(), "model": s.stats, "num_classes": s.num_classes,
             "class_names": s.data.index.class_names, "absent_classes": s.data.index.absent_classes(),
-            "n_train": len(s.data.train_ds), "n_val": len(s.data.val_ds), "output_dir": str(s.out_dir)}
+            "n_train": len(s.data.train_ds), "n_val": len(s.data.val_ds), "split": s.data.split,
+            "output_dir": str(s.out_dir)}
 
 
 def _fit(s: Session, reporter: Reporter | None, stop_event) -> Outcome:

@@ -665,6 +665,10 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): alphas must be >= 0")
     if not (0 <= m.prob <= 1 and 0 <= m.switch_prob <= 1):
         problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): prob and switch_prob must be in [0, 1]")
+    if (m.alpha > 0 or m.cutmix_alpha > 0) and e.batch_size % 2:
+        bad("batch_size", f"must be even with mixup/cutmix (mixup={dataclasses.asdict(m)} from "
+                          f"{cfg.sources.get('mixup')} pairs each image with another of its batch); "
+                          f"use {e.batch_size + 1}" + (f" or {e.batch_size - 1}" if e.batch_size > 1 else ""))
     from .tta import TTA_VIEWS
 
     for v in e.tta:

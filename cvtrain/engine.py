@@ -135,14 +135,14 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
         raise ConfigError([f"batch_size={e.batch_size}: larger than the {len(tr)} training images"])
     on_device = d.augment_on == "device"
     # augment_on=cpu: the dataset augments each sample in the workers, which must then be re-created
-    # every epoch to see the new epoch; on the device the workers only slice, and persist.
+    # every epoch to see the new epoch (batch_loader sees to it); on the device the workers only slice, and persist.
     train_ds = D.CachedImageDataset(decoded.array, index.labels, tr, aug=None if on_device else e.augment, seed=e.seed)
     val_ds = D.CachedImageDataset(decoded.array, index.labels, va, aug=None)
     g = torch.Generator()
     pin = device.type == "cuda"
     use_mixup = e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0
     train = batch_loader(train_ds, e.batch_size, shuffle=True, generator=g, num_workers=d.num_workers,
-                         drop_last=use_mixup and len(tr) >= e.batch_size, pin_memory=pin, persistent_workers=on_device)
+                         drop_last=use_mixup and len(tr) >= e.batch_size, pin_memory=pin)
     val = batch_loader(val_ds, e.batch_size * 2, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
     return DataBundle(index, train_ds, val_ds,
                       DeviceBatches(train, device, aug=e.augment if on_device else None, seed=e.seed),

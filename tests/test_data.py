@@ -195,3 +195,23 @@ def test_a_duplicate_id_in_train_csv_is_named_with_its_rows(demo_dir, tmp_path):
         D.load_index(DataConfig(data_dir=str(data)))
     assert str(err.value) == (f"{data / 'train.csv'}: ID {rows[2][0]!r} is listed 2 times (rows 3, 8); "
                               "each image once")
+
+
+def test_per_sample_cpu_augmentation_changes_with_the_epoch_through_loader_workers(demo_dir, cache_dir):
+    """augment_on=cpu augments in the loader's workers: each epoch must reach them (set_epoch runs here)."""
+    from cvtrain.config import AugmentConfig
+    from cvtrain.loader import batch_loader
+
+    idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
+    arr = D.load_or_build_cache(idx.paths, 32, "pad", cache_dir, progress=False).array
+    aug = AugmentConfig(rotate=0.5, flip=0.5, affine=0.5, blur=0.5, noise=0.5, jpeg=0.0)
+    ds = D.CachedImageDataset(arr, idx.labels, range(16), aug=aug, seed=3)
+    loader = batch_loader(ds, 8, shuffle=False, num_workers=2)  # asks for persistent workers, as ever
+    epochs = []
+    for epoch in (1, 2):
+        ds.set_epoch(epoch)
+        epochs.append(torch.cat([x for x, _ in loader]))
+    for epoch, got in zip((1, 2), epochs):  # what the dataset draws in this process for that epoch
+        ds.set_epoch(epoch)
+        assert torch.equal(got, torch.stack([ds[i][0] for i in range(16)]))
+    assert not torch.equal(epochs[0], epochs[1])

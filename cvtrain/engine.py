@@ -163,7 +163,7 @@ def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
         scheduler, _ = create_scheduler_v2(optimizer, sched=e.scheduler, num_epochs=e.epochs,
                                            warmup_epochs=e.warmup_epochs, warmup_lr=e.warmup_lr,
                                            min_lr=e.min_lr, decay_epochs=max(1, e.epochs // 3),
-                                           step_on_epochs=True)
+                                           step_on_epochs=True, plateau_mode=PLATEAU_MODE)
     mixup = None
     if e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0:
         mixup = Mixup(mixup_alpha=e.mixup.alpha, cutmix_alpha=e.mixup.cutmix_alpha, prob=e.mixup.prob,
@@ -172,6 +172,20 @@ def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
     else:
         train_loss = nn.CrossEntropyLoss(label_smoothing=e.label_smoothing)
     return optimizer, scheduler, mixup, train_loss
+
+
+#: What ``scheduler=plateau`` watches, and its direction: the validation macro-F1, higher is better.
+PLATEAU_METRIC, PLATEAU_MODE = "val_f1", "max"
+
+
+def step_scheduler(scheduler, epoch: int, val_metrics: dict) -> None:
+    """The schedule after ``epoch``; ``plateau`` lowers the rate only when told the metric (val_f1)."""
+    from timm.scheduler import PlateauLRScheduler
+
+    if isinstance(scheduler, PlateauLRScheduler):
+        scheduler.step(epoch, val_metrics[PLATEAU_METRIC])
+    elif scheduler is not None:
+        scheduler.step(epoch)
 
 
 def amp_context(cfg: Config, device: torch.device):
@@ -426,8 +440,7 @@ def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
     val_m, y_true, y_pred, s.val_probs = evaluate(s.model, s.data.val_loader, s.normalize, s.num_classes,
                                                    s.autocast)
     lr = s.optimizer.param_groups[0]["lr"]
-    if s.scheduler is not None:
-        s.scheduler.step(epoch)
+    step_scheduler(s.scheduler, epoch, val_m)
     improved = val_m["val_f1"] > st.best_val_f1
     if improved:
         st.best_val_f1, st.best_epoch = val_m["val_f1"], epoch

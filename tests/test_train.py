@@ -236,3 +236,26 @@ def test_a_run_that_lost_its_trial_writes_nothing_more_to_its_outputs(tiny):
     assert result.state == "lost"
     assert ckpt.read(out / "checkpoints" / "last.pt")["state"]["epoch"] == 1
     assert not (out / "summary.json").exists() and not (out / "confusion_matrix.png").exists()
+
+
+def test_plateau_lowers_the_learning_rate_once_val_f1_stops_improving_for_its_patience(tiny):
+    import timm
+
+    from cvtrain.engine import build_optimization, step_scheduler
+
+    def lrs(f1_by_epoch):
+        model = timm.create_model("test_resnet", num_classes=17)
+        with pytest.warns(FutureWarning):  # timm deprecates plateau; it is still offered
+            optimizer, scheduler, _, _ = build_optimization(tiny(scheduler="plateau", epochs=40, warmup_epochs=0),
+                                                            model, 17)
+        out = []
+        for epoch, f1 in enumerate(f1_by_epoch, start=1):
+            step_scheduler(scheduler, epoch, {"val_f1": f1, "val_loss": 1.0})
+            out.append(optimizer.param_groups[0]["lr"])
+        return out
+
+    patience = 10  # timm's default
+    flat = lrs([0.5] * (patience + 3))
+    assert flat[:patience + 1] == [0.003] * (patience + 1)
+    assert flat[-1] == pytest.approx(0.0003)  # decay_rate 0.1 once the metric sat still for `patience` epochs
+    assert lrs([0.01 * e for e in range(1, patience + 4)]) == [0.003] * (patience + 3)  # F1 rising: max mode

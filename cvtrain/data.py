@@ -268,15 +268,15 @@ def _build_cache(paths, size, resize, npy: Path, meta: Path, progress: bool, wor
     os.replace(tmp_meta, meta)
 
 
-def check_bad_images(bad: list[str], skip: bool) -> set[str]:
+def check_bad_images(bad: list[str], skip: bool, what: str = "image(s)") -> set[str]:
     """Raise naming every bad file, or warn and return the paths to skip."""
     if not bad:
         return set()
     if not skip:
         listing = "\n  ".join(bad)
-        raise DataError(f"{len(bad)} image(s) could not be read:\n  {listing}\n"
-                        "Fix or remove them, or pass --skip_bad_images=True to train without them.")
-    warnings.warn(f"skipping {len(bad)} unreadable image(s): " + "; ".join(bad), stacklevel=2)
+        raise DataError(f"{len(bad)} {what.split(' (')[0]} could not be read:\n  {listing}\n"
+                        "Fix or remove them, or pass --skip_bad_images=True to go on without them.")
+    warnings.warn(f"skipping {len(bad)} unreadable {what}: " + "; ".join(bad), stacklevel=2)
     return {b.split(": ", 1)[0] for b in bad}
 
 

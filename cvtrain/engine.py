@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -357,6 +358,7 @@ def _setup(cfg: Config, resume: str | None) -> Session:
     out_dir = resolve_output_dir(cfg)
     ckpt_dir = Path(cfg.paths.checkpoint_dir) if cfg.paths.checkpoint_dir else out_dir / "checkpoints"
     data = build_data(cfg, device)
+    check_test_set(cfg)
     num_classes = e.num_classes or data.index.num_classes
     if num_classes < data.index.num_classes:
         raise ConfigError([f"num_classes={num_classes} (from {cfg.sources.get('num_classes')}): the data has "
@@ -380,6 +382,19 @@ def _setup(cfg: Config, resume: str | None) -> Session:
         log.info("resuming from %s after epoch %d", resume_path, state.epoch)
     return Session(cfg, device, out_dir, ckpt_dir, data, model, num_classes, stats, optimizer, scheduler, mixup,
                    loss_fn, autocast, scaler, Normalizer(device, channels_last), state, resume_path)
+
+
+def check_test_set(cfg: Config) -> None:
+    """When the run will predict the test set (save_predictions), decode it now, before training:
+    an unreadable test image fails the run here (or is named and skipped), not after its last epoch."""
+    d = cfg.data
+    if not (cfg.paths.save_predictions and (Path(d.data_dir) / d.sample_submission).is_file()):
+        return
+    from .predict import decode_test_set  # predict imports this module: imported where used
+
+    decode_test_set(d.data_dir, cfg.experiment.img_size, d.resize, test_dir=d.test_dir,
+                    sample_submission=d.sample_submission, cache_dir=d.cache_dir,
+                    skip_bad_images=d.skip_bad_images, progress=cfg.logging.progress)
 
 
 def _run_extra(s: Session) -> dict:
@@ -542,9 +557,12 @@ def _save_predictions(s: Session) -> None:
         log.info("no %s in %s: no test predictions", s.cfg.data.sample_submission, root)
         return
     e, d = s.cfg.experiment, s.cfg.data
-    _, test_ids, probs = test_probs(s.model, root, e.img_size, d.resize, list(e.tta), s.device,
-                                    test_dir=d.test_dir, sample_submission=d.sample_submission,
-                                    cache_dir=d.cache_dir, batch_size=e.batch_size * 2)
+    with warnings.catch_warnings():  # unreadable test images were named at setup (check_test_set)
+        warnings.simplefilter("ignore", UserWarning)
+        _, test_ids, probs = test_probs(s.model, root, e.img_size, d.resize, list(e.tta), s.device,
+                                        test_dir=d.test_dir, sample_submission=d.sample_submission,
+                                        cache_dir=d.cache_dir, batch_size=e.batch_size * 2,
+                                        skip_bad_images=d.skip_bad_images)
     _write_probs(s.out_dir / "test_predictions.csv", ["ID"], [(i,) for i in test_ids], probs.numpy())
 
 

@@ -77,13 +77,28 @@ def read_test_set(root: str | Path, test_dir: str = "test", sample_submission: s
     return fields[:2], ids, [str(resolve_image(root / test_dir, i)) for i in ids]
 
 
-def test_probs(model, data_dir: str | Path, img_size: int, resize: str, views: list[str], device: torch.device,
-               *, test_dir: str = "test", sample_submission: str = "sample_submission.csv",
-               cache_dir: str | None = None, batch_size: int = 64, progress: bool = False):
-    """(header, IDs, softmax probabilities averaged over ``views``) for the test set."""
+def decode_test_set(data_dir: str | Path, img_size: int, resize: str, *, test_dir: str = "test",
+                    sample_submission: str = "sample_submission.csv", cache_dir: str | None = None,
+                    skip_bad_images: bool = False, progress: bool = False):
+    """(header, IDs, decoded images) of the test set, through the decoded-image cache.
+
+    An unreadable test image raises naming it, or with ``skip_bad_images`` is warned about and
+    predicted as a blank page: a submission needs a row for every ID.
+    """
     fields, ids, paths = read_test_set(data_dir, test_dir, sample_submission)
     decoded = load_or_build_cache(paths, img_size, resize, cache_dir, progress=progress)
-    check_bad_images(decoded.bad, skip=False)
+    check_bad_images(decoded.bad, skip=skip_bad_images, what="test image(s) (predicted as a blank page)")
+    return fields, ids, decoded
+
+
+def test_probs(model, data_dir: str | Path, img_size: int, resize: str, views: list[str], device: torch.device,
+               *, test_dir: str = "test", sample_submission: str = "sample_submission.csv",
+               cache_dir: str | None = None, batch_size: int = 64, progress: bool = False,
+               skip_bad_images: bool = False):
+    """(header, IDs, softmax probabilities averaged over ``views``) for the test set."""
+    fields, ids, decoded = decode_test_set(data_dir, img_size, resize, test_dir=test_dir,
+                                           sample_submission=sample_submission, cache_dir=cache_dir,
+                                           skip_bad_images=skip_bad_images, progress=progress)
     return fields, ids, predict_probs(model, decoded.array, Normalizer(device, False), views, batch_size)
 
 

@@ -215,3 +215,28 @@ def test_per_sample_cpu_augmentation_changes_with_the_epoch_through_loader_worke
         ds.set_epoch(epoch)
         assert torch.equal(got, torch.stack([ds[i][0] for i in range(16)]))
     assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_an_unreadable_test_image_fails_the_run_before_training_or_is_named_and_predicted_blank(demo_dir, tmp_path,
+                                                                                               tiny):
+    import shutil
+
+    from cvtrain.engine import train
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    ids = [r["ID"] for r in csv.DictReader((data / "sample_submission.csv").open())]
+    bad = D.resolve_image(data / "test", ids[1])
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    with pytest.raises(D.DataError) as err:
+        train(tiny(data_dir=str(data), cache_dir=str(tmp_path / "c"), epochs=1, save_predictions=True,
+                   output_dir=str(out)))
+    assert "1 test image(s) could not be read" in str(err.value) and str(bad) in str(err.value)
+    assert not out.exists(), "the run trained before its test set was checked"
+    with pytest.warns(UserWarning, match=f"skipping 1 unreadable test image.*{bad}"):
+        result = train(tiny(data_dir=str(data), cache_dir=str(tmp_path / "c"), epochs=1, save_predictions=True,
+                            output_dir=str(out), skip_bad_images=True))
+    assert result.state == "finished"
+    rows = list(csv.DictReader((out / "test_predictions.csv").open()))
+    assert [r["ID"] for r in rows] == ids  # every ID keeps its row: a submission needs them all

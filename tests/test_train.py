@@ -88,7 +88,20 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny, tmp_path):
 
 
 def test_the_per_sample_cpu_augmentation_path_stays_available(tiny):
-    result = train(tiny(epochs=1, augment_on="cpu", mode="disabled"))
+    import numpy as np
+
+    from cvtrain.engine import build_data
+
+    # Every image is turned a quarter (or more) and noised: none can reach the model as it is in the cache.
+    cfg = tiny(epochs=1, augment_on="cpu", mode="disabled", num_workers=1,
+               augment={"rotate": 1.0, "flip": 0.0, "affine": 0.0, "blur": 0.0, "noise": 1.0, "jpeg": 0.0})
+    data = build_data(cfg, torch.device("cpu"))
+    assert data.train_loader.aug is None  # augmented in the loader's workers, not on the device
+    data.train_ds.set_epoch(1)
+    seen = [img for x, _ in data.train_loader for img in x.permute(0, 2, 3, 1).numpy()]
+    raw = {np.asarray(data.train_ds.images[j]).tobytes() for j in data.train_ds.indices}
+    assert len(seen) == len(data.train_ds) and not any(img.tobytes() in raw for img in seen)
+    result = train(cfg)
     assert result.state == "finished" and result.history[0]["train_loss"] > 0
 
 

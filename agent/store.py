@@ -11,7 +11,6 @@ Contract of :class:`RunStore`:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -22,6 +21,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+from cvtrain.split import split_seed_from_sweep_id
 
 SCHEMA_VERSION = 2   # 2: sweeps.seed, trials.attempt, history.attempt/reported_at (version 1 is migrated in place)
 TERMINAL = ("finished", "failed", "crashed", "killed")
@@ -163,8 +164,8 @@ def state_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def seed_from_id(sweep_id: str) -> int:
-    """A stable seed for a sweep made before sweeps had one."""
-    return int.from_bytes(hashlib.sha256(sweep_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
+    """A stable seed for a sweep made before sweeps had one (the W&B backend's split seed is the same)."""
+    return split_seed_from_sweep_id(sweep_id)
 
 
 def disk_usage(root: str | os.PathLike, pattern: str = "**/*") -> int:

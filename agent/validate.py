@@ -8,8 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from cvtrain.config import (CANDIDATE, NESTED_FIELDS, PARAM_KEYS, ConfigError, check_model_name, close_matches,
-                            mapping_layer, resolve)
+from cvtrain.checks import input_size_problem
+from cvtrain.config import (CANDIDATE, NESTED_FIELDS, PARAM_KEYS, ConfigError, ExperimentConfig, check_model_name,
+                            close_matches, mapping_layer, resolve)
 from cvtrain.tracking import EPOCH_METRICS
 
 _NUMBER_LIKE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -171,7 +172,32 @@ def trainer_checks(params: dict) -> list[str]:
                 if isinstance(value, str):
                     where = f"parameters.{path}" + ("" if fixed else f".{label}")
                     out += [f"{where}: {p}" for p in check_model_name(value, "sweep")]
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(out + input_size_checks(entries)))
+
+
+def input_size_checks(entries: list) -> list[str]:
+    """Every model x img_size pair the sweep can draw (every grid point, every pair of listed values; a
+    range of sizes as a whole) through the model's input-size check: some models take one size only."""
+    found = {path: (vals, fixed) for path, vals, fixed in entries}
+    default = ExperimentConfig()
+    models, _ = found.get("model_name", ([("default", default.model_name)], True))
+    sizes, sizes_fixed = found.get("img_size", ([("default", default.img_size)], True))
+    labels = [label for label, _ in sizes]
+    if labels == ["min", "max"] or labels in (["min"], ["max"]):
+        sizes = [(f"{labels[0]}..{labels[-1]}", (sizes[0][1], sizes[-1][1]))]  # a range: every size in it
+    out = []
+    for m_label, model in models:
+        if not isinstance(model, str) or check_model_name(model):
+            continue
+        for s_label, size in sizes:
+            if isinstance(size, bool) or not isinstance(size, (int, float, tuple)):
+                continue
+            size = tuple(int(v) for v in size) if isinstance(size, tuple) else int(size)
+            p = input_size_problem(model, size, f"parameters.model_name.{m_label}",
+                                   f"parameters.img_size.{s_label}")
+            if p:
+                out.append(f"parameters: {p}")
+    return out
 
 
 def path_problems(params: dict) -> list[str]:

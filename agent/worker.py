@@ -28,16 +28,19 @@ from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 
 from .controller import LocalController
 from .settings import Settings, SettingsError, load_settings
-from .store import LeaseLost, SQLiteStore, Trial
+from .store import LeaseLost, SQLiteStore, Trial, seed_from_id
 
 log = logging.getLogger("cvsweep.worker")
 
 
-def trial_config(trial: Trial, sweep_id: str, environ=None, env_file: str | None = ".env"):
-    """defaults < .env/environment < the trial's sweep parameters < what the controller fixes per trial.
+def trial_config(trial: Trial, sweep_id: str, environ=None, env_file: str | None = ".env",
+                 split_seed: int | None = None):
+    """defaults < .env/environment < the sweep's split seed < the trial's sweep parameters < what the
+    controller fixes per trial.
 
     ``environ`` is the resolved settings' environment (``Settings.env``: .env merged already, no
-    API key); then ``env_file`` is None.
+    API key); then ``env_file`` is None. ``split_seed``: the sweep's stored seed, so that every trial
+    validates on the same images whatever its ``seed`` (a sweep parameter ``split_seed`` wins).
     """
     environ = dict(os.environ if environ is None else environ)
     fixed = {"output_dir": trial.output_dir, "run_name": trial.name, "run_id": trial.run_id, "group": sweep_id,
@@ -45,7 +48,8 @@ def trial_config(trial: Trial, sweep_id: str, environ=None, env_file: str | None
              # One environment for every trial of a worker: its versions are in each run's config (env).
              "save_requirements": False}
     tags = ["cvsweep", f"sweep-{sweep_id}"]
-    cfg = resolve(env_layer(merged_env(environ, env_file)), mapping_layer(trial.params, "sweep"),
+    shared = {} if split_seed is None else {"split_seed": (split_seed, f"sweep {sweep_id}'s seed")}
+    cfg = resolve(env_layer(merged_env(environ, env_file)), shared, mapping_layer(trial.params, "sweep"),
                   mapping_layer(fixed, "controller"))
     cfg.wandb.tags = list(dict.fromkeys([*cfg.wandb.tags, *tags]))
     if cfg.wandb.mode is None or cfg.wandb.mode == "online":
@@ -133,7 +137,9 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
         return state
 
     try:
-        cfg = trial_config(trial, trial.sweep_id, environ, env_file=None if environ is not None else ".env")
+        sweep_seed = ctl.store.get_sweep(trial.sweep_id).seed
+        cfg = trial_config(trial, trial.sweep_id, environ, env_file=None if environ is not None else ".env",
+                           split_seed=sweep_seed if sweep_seed is not None else seed_from_id(trial.sweep_id))
         result = train(cfg, reporter=reporter, resume="auto", stop_event=request, wandb_dir=trial.wandb_dir)
         if result.state == "lost":  # another worker's now: its outputs and ending are theirs to record
             return "lost"

@@ -1,9 +1,15 @@
 """Checkpoints: model, optimizer, scheduler, scaler, epoch, RNG states and the resolved config.
 
+Every checkpoint holds tensors and plain Python data only, and is read with
+``torch.load(weights_only=True)``: a checkpoint from elsewhere (a downloaded model
+artifact) cannot run code when it is opened. Only a checkpoint in the run's own
+checkpoint directory (written by an older cvtrain, with numpy RNG state) may be
+resumed from with a full unpickle.
+
 While a run trains, ``last.pt`` (every epoch, for resume) and ``best.pt`` (when the
 metric improved) hold the whole training state. When the run ends, ``keep_checkpoints``
 decides what stays (:func:`retain`): ``best`` (default) keeps only ``best.pt``, reduced
-to what inference needs (weights, config, class names: a third of an AdamW
+to what inference needs (weights, config, the ``inference`` facts: a third of an AdamW
 checkpoint); ``last`` keeps only ``last.pt`` (whole state: training can be extended);
 ``all`` keeps both as they are; ``none`` keeps neither. A preempted run keeps both
 (it resumes from ``last.pt``).
@@ -11,6 +17,7 @@ checkpoint); ``last`` keeps only ``last.pt`` (whole state: training can be exten
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -34,7 +41,10 @@ class TrainState:
 
 
 def rng_states() -> dict:
-    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's key array as a tensor: a numpy array would need a full unpickle to read back.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+           "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -42,20 +52,28 @@ def rng_states() -> dict:
 
 def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg, class_names,
+def inference_info(num_classes: int, class_names, cfg) -> dict:
+    """What inference needs to rebuild and feed the model, kept together in a checkpoint's ``inference``."""
+    return {"num_classes": int(num_classes), "class_names": list(class_names),
+            "img_size": int(cfg.experiment.img_size), "resize": cfg.data.resize}
+
+
+def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg, info: dict,
          weights_only: bool = False) -> None:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact.
 
-    ``weights_only``: only what inference reads (see :func:`slim`), for a run that ends here.
+    ``info``: :func:`inference_info`. ``weights_only``: only what inference reads (see :func:`slim`),
+    for a run that ends here.
     """
     if weights_only:
-        _write(path, {"model": model.state_dict(), "config": cfg.to_flat_dict(), "class_names": list(class_names),
+        _write(path, {"model": model.state_dict(), "config": cfg.to_flat_dict(), "inference": dict(info),
                       "format": 1, "state": _inference_state(state.__dict__), "weights_only": True})
         return
     obj = {
@@ -66,7 +84,7 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
         "state": state.__dict__,
         "rng": rng_states(),
         "config": cfg.to_flat_dict(),
-        "class_names": list(class_names),
+        "inference": dict(info),
         "format": 1,
     }
     _write(path, obj)
@@ -103,7 +121,7 @@ def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args, best_weig
 
 
 #: What inference (predict, the leaderboard's best trial) reads from a checkpoint.
-INFERENCE_KEYS = ("model", "config", "class_names", "format")
+INFERENCE_KEYS = ("model", "config", "inference", "class_names", "format")  # class_names: older files
 
 
 def retain(ckpt_dir: Path, keep: str) -> None:
@@ -123,21 +141,46 @@ def retain(ckpt_dir: Path, keep: str) -> None:
 
 def slim(path: Path) -> None:
     """Rewrite ``path`` (atomically) with only what inference needs."""
-    # Memory-mapped: the optimizer state (two thirds of the file) is never read.
-    obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    # Memory-mapped: the optimizer state (two thirds of the file) is never read. The run's own file.
+    obj = _load(path, "cpu", trusted=True, mmap=True)
     if obj.get("weights_only"):
         return
     _write(path, {**{k: obj[k] for k in INFERENCE_KEYS if k in obj}, "state": _inference_state(obj.get("state", {})),
                   "weights_only": True})
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that holds more than tensors and plain data: opening it could run code."""
+
+
 def read(path: str | os.PathLike, device="cpu") -> dict:
-    # Our own files hold numpy RNG state and plain containers: not weights-only loadable.
-    return torch.load(path, map_location=device, weights_only=False)
+    """A checkpoint's contents, read as data only (tensors, numbers, strings, lists, dicts)."""
+    return _load(path, device, trusted=False)
 
 
-def load(path, model, optimizer, scheduler, scaler, device) -> TrainState:
-    obj = read(path, device)
+def _load(path, device, trusted: bool, mmap: bool = False) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if trusted:  # the run's own last.pt from an older cvtrain (numpy RNG state): resumable as before
+            return torch.load(path, map_location=device, weights_only=False, mmap=mmap)
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain data "
+            f"({_offending_global(exc)}); opening it could run code, "
+            "so it is not loaded. Use a checkpoint written by cvtrain, or re-save its state_dict "
+            "with torch.save.") from None
+
+
+def _offending_global(exc: Exception) -> str:
+    """The line of torch's message that names what the file asked to import."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
+    return lines[0] if lines else "not a weights-only pickle"
+
+
+def load(path, model, optimizer, scheduler, scaler, device, own_dir: Path | None = None) -> TrainState:
+    """Restore the whole training state from ``path``; ``own_dir``: the run's checkpoint directory."""
+    trusted = own_dir is not None and Path(path).resolve().parent == Path(own_dir).resolve()
+    obj = _load(path, device, trusted)
     if obj.get("weights_only"):
         raise ValueError(f"{path} holds weights only (an ended run's best.pt under keep_checkpoints=best): "
                          "training cannot resume from it. Keep whole checkpoints with keep_checkpoints=last or all.")

@@ -19,6 +19,7 @@ from typing import Mapping
 
 from .config import (RUN_FACT_KEYS, Config, ConfigError, close_matches, env_layer, file_layer,
                      known_param_paths, mapping_layer, merged_env, resolve, sweep_layer)
+from .split import split_seed_from_sweep_id
 
 CLI_ONLY = ("config", "resume", "env_file")
 PREDICT_OPTIONS = ("checkpoint", "data_dir", "output", "test_dir", "sample_submission", "tta", "batch_size",
@@ -77,9 +78,13 @@ def parse_argv(argv: list[str], known: list[str] | None = None, cli_only=CLI_ONL
 
 
 def build_config(args: ParsedArgs, environ: Mapping[str, str] | None = None, check_model: bool = True) -> Config:
-    """defaults < .env and environment < --config FILE < sweep parameters < command line."""
+    """defaults < .env and environment < the W&B sweep's split seed < --config FILE < sweep parameters <
+    command line. Under a W&B sweep (``WANDB_SWEEP_ID``) every trial validates on the same images."""
     environ = dict(os.environ if environ is None else environ)
     layers = [env_layer(merged_env(environ, args.env_file))]
+    sweep_id = environ.get("WANDB_SWEEP_ID")
+    if sweep_id:
+        layers.append({"split_seed": (split_seed_from_sweep_id(sweep_id), f"sweep {sweep_id}")})
     if args.config:
         layers.append(file_layer(args.config))
     layers.append(sweep_layer(environ.get("WANDB_SWEEP_PARAM_PATH")))
@@ -158,11 +163,12 @@ def _main(argv: list[str]) -> int:
         _record_failure(exc, sweep)
         return 2
     except Exception as exc:  # noqa: BLE001 - one clear line for every known failure, traceback otherwise
+        from .checkpoint import UnsafeCheckpointError
         from .data import DataError
         from .engine import NonFiniteLossError
         from .model import PretrainedWeightsError
 
-        if isinstance(exc, (DataError, PretrainedWeightsError, FileNotFoundError)):
+        if isinstance(exc, (DataError, PretrainedWeightsError, FileNotFoundError, UnsafeCheckpointError)):
             print(f"cvtrain: {exc}", file=sys.stderr)
             _record_failure(exc, sweep)
             return 2

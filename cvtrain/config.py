@@ -29,6 +29,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .checks import input_size_problem
+
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion")
 SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "none")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -515,7 +517,7 @@ def file_layer(path: str | os.PathLike) -> dict[str, tuple[Any, str]]:
 #: Facts the trainer logs in a run's config beside its settings (engine's run extras). A W&B sweep
 #: that requeues a preempted run may hand the run's whole config back as its parameters: these
 #: are read back as what they are, facts, and ignored.
-RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val"})
+RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val", "split"})
 
 
 def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, str]]:
@@ -554,6 +556,8 @@ def resolve(*layers: dict[str, tuple[Any, str]], check_model: bool = False) -> C
 
 
 def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) -> None:
+    if key in RUN_FACT_KEYS:
+        return  # a saved config.yaml also records facts (the split used): read back, they set nothing
     if key == CANDIDATE:
         if isinstance(value, str):
             value = parse_literal(value)
@@ -661,6 +665,10 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): alphas must be >= 0")
     if not (0 <= m.prob <= 1 and 0 <= m.switch_prob <= 1):
         problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): prob and switch_prob must be in [0, 1]")
+    if (m.alpha > 0 or m.cutmix_alpha > 0) and e.batch_size % 2:
+        bad("batch_size", f"must be even with mixup/cutmix (mixup={dataclasses.asdict(m)} from "
+                          f"{cfg.sources.get('mixup')} pairs each image with another of its batch); "
+                          f"use {e.batch_size + 1}" + (f" or {e.batch_size - 1}" if e.batch_size > 1 else ""))
     from .tta import TTA_VIEWS
 
     for v in e.tta:
@@ -684,7 +692,12 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
 
 
 def validate_model_name(cfg: Config) -> list[str]:
-    return check_model_name(cfg.experiment.model_name, cfg.sources.get("model_name"))
+    """A timm model name, and an img_size the model can take (some take one size only)."""
+    e = cfg.experiment
+    problems = check_model_name(e.model_name, cfg.sources.get("model_name"))
+    size = None if problems else input_size_problem(e.model_name, e.img_size, f"from {cfg.sources.get('model_name')}",
+                                                    f"from {cfg.sources.get('img_size')}")
+    return problems + ([size] if size else [])
 
 
 def check_model_name(name: str, source: str | None = None) -> list[str]:

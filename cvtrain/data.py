@@ -103,7 +103,8 @@ def _competition_index(root: Path, cfg: DataConfig) -> DatasetIndex:
         rows = list(reader)
     names = read_class_names(root, cfg.meta_csv)
     img_dir = root / cfg.image_dir
-    paths, labels, ids, problems = [], [], [], []
+    paths, labels, ids = [], [], []
+    problems = check_ids(csv_path, [r["ID"] for r in rows], unique=True)
     for n, r in enumerate(rows, start=2):
         try:
             labels.append(int(r["target"]))
@@ -117,6 +118,22 @@ def _competition_index(root: Path, cfg: DataConfig) -> DatasetIndex:
     n_classes = max(max(labels) + 1, max(names) + 1 if names else 0)
     class_names = [names.get(i, str(i)) for i in range(n_classes)]
     return DatasetIndex(paths, labels, class_names, str(root), ids)
+
+
+def check_ids(csv_path: Path, ids: list[str], unique: bool) -> list[str]:
+    """One line per ID that would read outside the image folder (absolute, or with a ``..`` part), and,
+    when ``unique``, per ID listed twice; rows counted as in an editor (the header is row 1)."""
+    problems, rows_of = [], {}
+    for n, image_id in enumerate(ids, start=2):
+        parts = Path(image_id).parts
+        if not image_id or Path(image_id).is_absolute() or ".." in parts:
+            problems.append(f"{csv_path}:{n}: ID {image_id!r} is not a file name under the image folder "
+                            "(empty, absolute or with '..'); IDs name images inside data_dir")
+        rows_of.setdefault(image_id, []).append(n)
+    if unique:
+        problems += [f"{csv_path}: ID {i!r} is listed {len(r)} times (rows {', '.join(map(str, r))}); "
+                     "each image once" for i, r in rows_of.items() if len(r) > 1]
+    return problems
 
 
 def resolve_image(img_dir: Path, image_id: str) -> Path:
@@ -251,15 +268,15 @@ def _build_cache(paths, size, resize, npy: Path, meta: Path, progress: bool, wor
     os.replace(tmp_meta, meta)
 
 
-def check_bad_images(bad: list[str], skip: bool) -> set[str]:
+def check_bad_images(bad: list[str], skip: bool, what: str = "image(s)") -> set[str]:
     """Raise naming every bad file, or warn and return the paths to skip."""
     if not bad:
         return set()
     if not skip:
         listing = "\n  ".join(bad)
-        raise DataError(f"{len(bad)} image(s) could not be read:\n  {listing}\n"
-                        "Fix or remove them, or pass --skip_bad_images=True to train without them.")
-    warnings.warn(f"skipping {len(bad)} unreadable image(s): " + "; ".join(bad), stacklevel=2)
+        raise DataError(f"{len(bad)} {what.split(' (')[0]} could not be read:\n  {listing}\n"
+                        "Fix or remove them, or pass --skip_bad_images=True to go on without them.")
+    warnings.warn(f"skipping {len(bad)} unreadable {what}: " + "; ".join(bad), stacklevel=2)
     return {b.split(": ", 1)[0] for b in bad}
 
 

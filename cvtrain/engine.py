@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -36,6 +37,7 @@ from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_
 from .model import build_model, model_stats
 from .system import SystemMonitor, environment_info
 from .notices import say_once
+from .split import split_record
 from .stop import EXIT_PREEMPTED, StopRequest
 from .tracking import (create_run_name, finish_run, in_wandb_sweep, init_wandb, mark_preempting,
                        save_model_artifact)
@@ -116,6 +118,7 @@ class DataBundle:
     train_loader: DeviceBatches     # uint8 batches on the device, augmented (set_epoch on train_ds)
     val_loader: DeviceBatches
     generator: torch.Generator      # the shuffle's; reseeded every epoch
+    split: dict                     # the split used: split_seed, n_val, val_ids_sha1 (cvtrain.split)
 
 
 def build_data(cfg: Config, device: torch.device) -> DataBundle:
@@ -127,22 +130,24 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
     if skip:
         keep = np.array([p not in skip for p in index.paths])
         tr, va = tr[keep[tr]], va[keep[va]]
+    ids = index.image_ids()
+    split = split_record(e.seed if d.split_seed is None else d.split_seed, [ids[j] for j in va])
     if len(tr) < e.batch_size and (e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0):
         raise ConfigError([f"batch_size={e.batch_size}: larger than the {len(tr)} training images"])
     on_device = d.augment_on == "device"
     # augment_on=cpu: the dataset augments each sample in the workers, which must then be re-created
-    # every epoch to see the new epoch; on the device the workers only slice, and persist.
+    # every epoch to see the new epoch (batch_loader sees to it); on the device the workers only slice, and persist.
     train_ds = D.CachedImageDataset(decoded.array, index.labels, tr, aug=None if on_device else e.augment, seed=e.seed)
     val_ds = D.CachedImageDataset(decoded.array, index.labels, va, aug=None)
     g = torch.Generator()
     pin = device.type == "cuda"
     use_mixup = e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0
     train = batch_loader(train_ds, e.batch_size, shuffle=True, generator=g, num_workers=d.num_workers,
-                         drop_last=use_mixup and len(tr) >= e.batch_size, pin_memory=pin, persistent_workers=on_device)
+                         drop_last=use_mixup and len(tr) >= e.batch_size, pin_memory=pin)
     val = batch_loader(val_ds, e.batch_size * 2, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
     return DataBundle(index, train_ds, val_ds,
                       DeviceBatches(train, device, aug=e.augment if on_device else None, seed=e.seed),
-                      DeviceBatches(val, device), g)
+                      DeviceBatches(val, device), g, split)
 
 
 def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
@@ -159,7 +164,7 @@ def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
         scheduler, _ = create_scheduler_v2(optimizer, sched=e.scheduler, num_epochs=e.epochs,
                                            warmup_epochs=e.warmup_epochs, warmup_lr=e.warmup_lr,
                                            min_lr=e.min_lr, decay_epochs=max(1, e.epochs // 3),
-                                           step_on_epochs=True)
+                                           step_on_epochs=True, plateau_mode=PLATEAU_MODE)
     mixup = None
     if e.mixup.alpha > 0 or e.mixup.cutmix_alpha > 0:
         mixup = Mixup(mixup_alpha=e.mixup.alpha, cutmix_alpha=e.mixup.cutmix_alpha, prob=e.mixup.prob,
@@ -168,6 +173,20 @@ def build_optimization(cfg: Config, model: nn.Module, num_classes: int):
     else:
         train_loss = nn.CrossEntropyLoss(label_smoothing=e.label_smoothing)
     return optimizer, scheduler, mixup, train_loss
+
+
+#: What ``scheduler=plateau`` watches, and its direction: the validation macro-F1, higher is better.
+PLATEAU_METRIC, PLATEAU_MODE = "val_f1", "max"
+
+
+def step_scheduler(scheduler, epoch: int, val_metrics: dict) -> None:
+    """The schedule after ``epoch``; ``plateau`` lowers the rate only when told the metric (val_f1)."""
+    from timm.scheduler import PlateauLRScheduler
+
+    if isinstance(scheduler, PlateauLRScheduler):
+        scheduler.step(epoch, val_metrics[PLATEAU_METRIC])
+    elif scheduler is not None:
+        scheduler.step(epoch)
 
 
 def amp_context(cfg: Config, device: torch.device):
@@ -320,7 +339,8 @@ def train(config: Config, reporter: Reporter | None = None, *, resume: str | Non
         raise ConfigError(problems)
     s = _setup(config, resume)
     s.run = init_wandb(s.cfg, _run_extra(s), resume=s.resumed_from is not None, wandb_dir=wandb_dir)
-    (s.out_dir / "config.yaml").write_text(yaml.safe_dump(s.cfg.to_flat_dict(), sort_keys=True))
+    (s.out_dir / "config.yaml").write_text(yaml.safe_dump({**s.cfg.to_flat_dict(), "split": s.data.split},
+                                                          sort_keys=True))
     s.monitor = SystemMonitor(s.cfg.logging.system_interval, sink=s.log_fn).start()
     try:
         outcome = _fit(s, reporter, stop_event)
@@ -338,6 +358,7 @@ def _setup(cfg: Config, resume: str | None) -> Session:
     out_dir = resolve_output_dir(cfg)
     ckpt_dir = Path(cfg.paths.checkpoint_dir) if cfg.paths.checkpoint_dir else out_dir / "checkpoints"
     data = build_data(cfg, device)
+    check_test_set(cfg)
     num_classes = e.num_classes or data.index.num_classes
     if num_classes < data.index.num_classes:
         raise ConfigError([f"num_classes={num_classes} (from {cfg.sources.get('num_classes')}): the data has "
@@ -357,17 +378,31 @@ def _setup(cfg: Config, resume: str | None) -> Session:
     autocast, scaler = amp_context(cfg, device)
     state, resume_path = ckpt.TrainState(), ckpt.find_resume(resume, ckpt_dir)
     if resume_path is not None:
-        state = ckpt.load(resume_path, model, optimizer, scheduler, scaler, device)
+        state = ckpt.load(resume_path, model, optimizer, scheduler, scaler, device, own_dir=ckpt_dir)
         log.info("resuming from %s after epoch %d", resume_path, state.epoch)
     return Session(cfg, device, out_dir, ckpt_dir, data, model, num_classes, stats, optimizer, scheduler, mixup,
                    loss_fn, autocast, scaler, Normalizer(device, channels_last), state, resume_path)
+
+
+def check_test_set(cfg: Config) -> None:
+    """When the run will predict the test set (save_predictions), decode it now, before training:
+    an unreadable test image fails the run here (or is named and skipped), not after its last epoch."""
+    d = cfg.data
+    if not (cfg.paths.save_predictions and (Path(d.data_dir) / d.sample_submission).is_file()):
+        return
+    from .predict import decode_test_set  # predict imports this module: imported where used
+
+    decode_test_set(d.data_dir, cfg.experiment.img_size, d.resize, test_dir=d.test_dir,
+                    sample_submission=d.sample_submission, cache_dir=d.cache_dir,
+                    skip_bad_images=d.skip_bad_images, progress=cfg.logging.progress)
 
 
 def _run_extra(s: Session) -> dict:
     """What the run config carries beyond the settings: environment, model and data facts."""
     return {"env": environment_info(), "model": s.stats, "num_classes": s.num_classes,
             "class_names": s.data.index.class_names, "absent_classes": s.data.index.absent_classes(),
-            "n_train": len(s.data.train_ds), "n_val": len(s.data.val_ds), "output_dir": str(s.out_dir)}
+            "n_train": len(s.data.train_ds), "n_val": len(s.data.val_ds), "split": s.data.split,
+            "output_dir": str(s.out_dir)}
 
 
 def _fit(s: Session, reporter: Reporter | None, stop_event) -> Outcome:
@@ -420,8 +455,7 @@ def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
     val_m, y_true, y_pred, s.val_probs = evaluate(s.model, s.data.val_loader, s.normalize, s.num_classes,
                                                    s.autocast)
     lr = s.optimizer.param_groups[0]["lr"]
-    if s.scheduler is not None:
-        s.scheduler.step(epoch)
+    step_scheduler(s.scheduler, epoch, val_m)
     improved = val_m["val_f1"] > st.best_val_f1
     if improved:
         st.best_val_f1, st.best_epoch = val_m["val_f1"], epoch
@@ -443,7 +477,8 @@ def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
     keep = s.cfg.paths.keep_checkpoints
     save_last = s.cfg.paths.save_last and not (ending and keep in ("best", "none"))
     ckpt.save_epoch(s.ckpt_dir, st.best_epoch == epoch and not (ending and keep == "none"), save_last, s.model,
-                    s.optimizer, s.scheduler, s.scaler, st, s.cfg, s.data.index.class_names,
+                    s.optimizer, s.scheduler, s.scaler, st, s.cfg,
+                    ckpt.inference_info(s.num_classes, s.data.index.class_names, s.cfg),
                     best_weights_only=ending and keep == "best")
     if s.log_fn is not None:
         s.log_fn(metrics)
@@ -522,9 +557,12 @@ def _save_predictions(s: Session) -> None:
         log.info("no %s in %s: no test predictions", s.cfg.data.sample_submission, root)
         return
     e, d = s.cfg.experiment, s.cfg.data
-    _, test_ids, probs = test_probs(s.model, root, e.img_size, d.resize, list(e.tta), s.device,
-                                    test_dir=d.test_dir, sample_submission=d.sample_submission,
-                                    cache_dir=d.cache_dir, batch_size=e.batch_size * 2)
+    with warnings.catch_warnings():  # unreadable test images were named at setup (check_test_set)
+        warnings.simplefilter("ignore", UserWarning)
+        _, test_ids, probs = test_probs(s.model, root, e.img_size, d.resize, list(e.tta), s.device,
+                                        test_dir=d.test_dir, sample_submission=d.sample_submission,
+                                        cache_dir=d.cache_dir, batch_size=e.batch_size * 2,
+                                        skip_bad_images=d.skip_bad_images)
     _write_probs(s.out_dir / "test_predictions.csv", ["ID"], [(i,) for i in test_ids], probs.numpy())
 
 

@@ -26,7 +26,13 @@ def batch_loader(dataset, batch_size: int, *, shuffle: bool, generator: torch.Ge
 
     ``generator`` drives the shuffle and nothing else, so the order of an epoch depends on its
     state alone, not on the worker count or whether workers persist.
+
+    A dataset that augments each sample itself (``dataset.aug``, ``augment_on=cpu``) draws with its
+    epoch, which ``set_epoch`` changes in this process only: persistent workers would keep the first
+    epoch's copy and repeat its augmentations every epoch, so its workers are made afresh each epoch.
     """
+    if getattr(dataset, "aug", None) is not None:
+        persistent_workers = False
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     # The DataLoader draws its workers' base seed from its own generator once per fresh iterator
     # (every epoch without persistent workers, once with them): give it one of its own, or it would

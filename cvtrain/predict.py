@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,22 +10,34 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, mapping_layer, resolve
-from .data import check_bad_images, load_or_build_cache, resolve_image
+from .data import DataError, check_bad_images, check_ids, load_or_build_cache, resolve_image
 from .engine import Normalizer, select_device
 from .model import build_model
+from .notices import say_once
 from .tta import stack_views
+
+log = logging.getLogger(__name__)
 
 
 def load_for_inference(checkpoint: str | Path, device: torch.device):
+    """(model in eval mode, resolved config, class names) from a checkpoint, read as data only."""
     obj = ckpt.read(checkpoint, "cpu")
-    saved = {k: v for k, v in obj["config"].items()}
-    cfg = resolve(mapping_layer(saved, f"checkpoint {checkpoint}"))
+    cfg = resolve(mapping_layer(dict(obj["config"]), f"checkpoint {checkpoint}"))
     exp: ExperimentConfig = cfg.experiment
     exp.pretrained = False  # the checkpoint holds the weights
-    num_classes = obj["model"][next(k for k in reversed(list(obj["model"])) if k.endswith("weight"))].shape[0]
-    model = build_model(exp, num_classes)
+    info = obj.get("inference") or _older_checkpoint_info(obj, cfg, checkpoint)
+    model = build_model(exp, info["num_classes"])
     model.load_state_dict(obj["model"])
-    return model.to(device).eval(), cfg, obj["class_names"]
+    return model.to(device).eval(), cfg, info["class_names"]
+
+
+def _older_checkpoint_info(obj: dict, cfg, checkpoint) -> dict:
+    """Checkpoints from before the ``inference`` facts: the class count from the config or the class names."""
+    say_once(log, "%s predates the inference facts in checkpoints: the class count comes from its "
+             "config and class names", checkpoint)
+    names = list(obj.get("class_names", []))
+    return {"num_classes": cfg.experiment.num_classes or len(names), "class_names": names,
+            "img_size": cfg.experiment.img_size, "resize": cfg.data.resize}
 
 
 @torch.no_grad()
@@ -58,16 +71,34 @@ def read_test_set(root: str | Path, test_dir: str = "test", sample_submission: s
         reader = csv.DictReader(f)
         fields = reader.fieldnames or ["ID", "target"]
         ids = [r[fields[0]] for r in reader]
+    problems = check_ids(sub_path, ids, unique=False)
+    if problems:
+        raise DataError("\n".join(problems))
     return fields[:2], ids, [str(resolve_image(root / test_dir, i)) for i in ids]
+
+
+def decode_test_set(data_dir: str | Path, img_size: int, resize: str, *, test_dir: str = "test",
+                    sample_submission: str = "sample_submission.csv", cache_dir: str | None = None,
+                    skip_bad_images: bool = False, progress: bool = False):
+    """(header, IDs, decoded images) of the test set, through the decoded-image cache.
+
+    An unreadable test image raises naming it, or with ``skip_bad_images`` is warned about and
+    predicted as a blank page: a submission needs a row for every ID.
+    """
+    fields, ids, paths = read_test_set(data_dir, test_dir, sample_submission)
+    decoded = load_or_build_cache(paths, img_size, resize, cache_dir, progress=progress)
+    check_bad_images(decoded.bad, skip=skip_bad_images, what="test image(s) (predicted as a blank page)")
+    return fields, ids, decoded
 
 
 def test_probs(model, data_dir: str | Path, img_size: int, resize: str, views: list[str], device: torch.device,
                *, test_dir: str = "test", sample_submission: str = "sample_submission.csv",
-               cache_dir: str | None = None, batch_size: int = 64, progress: bool = False):
+               cache_dir: str | None = None, batch_size: int = 64, progress: bool = False,
+               skip_bad_images: bool = False):
     """(header, IDs, softmax probabilities averaged over ``views``) for the test set."""
-    fields, ids, paths = read_test_set(data_dir, test_dir, sample_submission)
-    decoded = load_or_build_cache(paths, img_size, resize, cache_dir, progress=progress)
-    check_bad_images(decoded.bad, skip=False)
+    fields, ids, decoded = decode_test_set(data_dir, img_size, resize, test_dir=test_dir,
+                                           sample_submission=sample_submission, cache_dir=cache_dir,
+                                           skip_bad_images=skip_bad_images, progress=progress)
     return fields, ids, predict_probs(model, decoded.array, Normalizer(device, False), views, batch_size)
 
 

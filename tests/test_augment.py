@@ -9,7 +9,6 @@ from PIL import Image
 
 from cvtrain import augment as A
 from cvtrain.config import AugmentConfig
-from conftest import ROOT
 
 N = 3000          # samples per rate check: 3-sigma binomial bounds of a few percent
 NONE = dict(rotate=0.0, flip=0.0, affine=0.0, blur=0.0, noise=0.0, jpeg=0.0)
@@ -160,19 +159,31 @@ def test_channels_last_input_gives_the_same_result():
                        A.augment_batch(nhwc_view, aug, A.batch_generator(0, 0, 0)))
 
 
-def test_a_grid_of_augmented_documents_is_written_for_a_look(demo_dir, cache_dir):
-    """test-artifacts/augment-grid.png: rows are documents; columns the original, each operation alone, the defaults."""
+def test_a_grid_of_augmented_documents_shows_each_operation_where_it_applies(demo_dir, cache_dir, tmp_path):
+    """augment-grid.png under the test's tmp_path (pytest keeps the last three runs' for a look): rows are
+    documents; columns the original, each operation alone at strength 1, then the defaults."""
     from cvtrain import data as D
     from cvtrain.config import DataConfig
 
     idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
     arr = D.load_or_build_cache(idx.paths, 128, "pad", cache_dir, progress=False).array
     docs = torch.from_numpy(np.array(arr[::11][:6])).permute(0, 3, 1, 2)
-    columns = [docs] + [A.augment_batch(docs, only(op, 1.0), A.batch_generator(0, 0, i)) for i, op in enumerate(A.OPS)]
-    columns.append(A.augment_batch(docs, AugmentConfig(), A.batch_generator(0, 0, 99)))
+    recipes = [only(op, 1.0) for op in A.OPS] + [AugmentConfig()]
+    seeds = [A.batch_generator(0, 0, i) for i in range(len(A.OPS))] + [A.batch_generator(0, 0, 99)]
+    columns = [docs.clone()]
+    for aug, g, k in zip(recipes, seeds, [*range(len(A.OPS)), 99]):
+        chosen = A.draw(len(docs), aug, A.batch_generator(0, 0, k))
+        col = A.augment_batch(docs, aug, g)
+        touched = torch.stack([chosen.applied(op) for op in A.OPS]).any(0)
+        for row in range(len(docs)):  # a tile differs from its document exactly where an operation applied
+            assert torch.equal(col[row], docs[row]) != bool(touched[row]), (aug, row)
+        columns.append(col)
+    assert all(chosen.applied(op).all() for op, chosen in
+               ((op, A.draw(len(docs), only(op, 1.0), A.batch_generator(0, 0, i))) for i, op in enumerate(A.OPS)))
     grid = torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)  # (3, rows*128, cols*128)
-    out = ROOT / "test-artifacts" / "augment-grid.png"
-    out.parent.mkdir(exist_ok=True)
+    assert torch.equal(grid[:, :, :128], torch.cat(list(docs), dim=1))  # the first column is the source itself
+    out = tmp_path / "augment-grid.png"
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out)
     with Image.open(out) as im:
-        assert im.size == (128 * 8, 128 * 6)
+        assert im.size == (128 * (len(A.OPS) + 2), 128 * 6)
+        assert np.array_equal(np.asarray(im), grid.permute(1, 2, 0).numpy())  # PNG keeps every pixel

@@ -1,7 +1,9 @@
+import dataclasses
+
 import pytest
 
 from cvtrain.cli import UsageError, build_config, parse_argv
-from cvtrain.config import Config, ConfigError, mapping_layer, resolve, validate_config
+from cvtrain.config import Config, ConfigError, MixupConfig, mapping_layer, resolve, validate_config
 from conftest import SECRET
 
 
@@ -124,3 +126,13 @@ def test_augment_on_is_device_or_cpu_and_listed_in_help(capsys):
         resolve(mapping_layer({"augment_on": "gpu"}, "cli"))
     assert "augment_on='gpu' (from cli): allowed: device, cpu" in str(err.value)
     assert main(["--help"]) == 0 and "augment_on" in capsys.readouterr().out
+
+
+def test_an_odd_batch_size_with_mixup_or_cutmix_is_refused_naming_both():
+    for mix in ({"alpha": 0.2}, {"cutmix_alpha": 1.0}):
+        with pytest.raises(ConfigError) as err:
+            resolve(mapping_layer({"batch_size": 33, "mixup": mix}, "sweep"))
+        assert err.value.problems == [
+            f"batch_size=33 (from sweep): must be even with mixup/cutmix (mixup={dataclasses.asdict(MixupConfig(**mix))} "
+            "from sweep pairs each image with another of its batch); use 34 or 32"]
+    assert resolve(mapping_layer({"batch_size": 33}, "sweep")).experiment.batch_size == 33  # no mixup: any size

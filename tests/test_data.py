@@ -150,3 +150,93 @@ def test_device_batches_are_the_same_for_any_worker_count_and_change_with_the_ep
     seen = sorted((xi.permute(1, 2, 0).numpy().tobytes(), int(yi)) for x, y in plain for xi, yi in zip(x, y))
     assert seen == sorted((np.asarray(arr[j]).tobytes(), idx.labels[j]) for j in range(30))
     assert [int(v) for _, y in plain for v in y] != [idx.labels[j] for j in range(30)]  # shuffled
+
+
+def _rewrite_csv(path, edit):
+    rows = list(csv.reader(path.open()))
+    edit(rows)
+    with path.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    return rows
+
+
+def test_ids_reaching_outside_the_data_directory_are_refused_with_their_row(demo_dir, tmp_path):
+    import shutil
+
+    from cvtrain.predict import read_test_set
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    (tmp_path / "outside.jpg").write_bytes((data / "train" / next((data / "train").iterdir()).name).read_bytes())
+
+    def poison(rows):
+        rows[3][0] = "../../outside.jpg"
+        rows[5][0] = str(tmp_path / "outside.jpg")
+
+    _rewrite_csv(data / "train.csv", poison)
+    with pytest.raises(D.DataError) as err:
+        D.load_index(DataConfig(data_dir=str(data)))
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{data / 'train.csv'}:4: ID '../../outside.jpg'")
+    assert lines[1].startswith(f"{data / 'train.csv'}:6: ID '{tmp_path / 'outside.jpg'}'")
+    _rewrite_csv(data / "sample_submission.csv", poison)
+    with pytest.raises(D.DataError, match=r"sample_submission.csv:4: ID '../../outside.jpg' is not a file name"):
+        read_test_set(data)
+
+
+def test_a_duplicate_id_in_train_csv_is_named_with_its_rows(demo_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    rows = _rewrite_csv(data / "train.csv", lambda rows: rows.__setitem__(7, list(rows[2])))
+    with pytest.raises(D.DataError) as err:
+        D.load_index(DataConfig(data_dir=str(data)))
+    assert str(err.value) == (f"{data / 'train.csv'}: ID {rows[2][0]!r} is listed 2 times (rows 3, 8); "
+                              "each image once")
+
+
+def test_per_sample_cpu_augmentation_changes_with_the_epoch_through_loader_workers(demo_dir, cache_dir):
+    """augment_on=cpu augments in the loader's workers: each epoch must reach them (set_epoch runs here)."""
+    from cvtrain.config import AugmentConfig
+    from cvtrain.loader import batch_loader
+
+    idx = D.load_index(DataConfig(data_dir=str(demo_dir)))
+    arr = D.load_or_build_cache(idx.paths, 32, "pad", cache_dir, progress=False).array
+    aug = AugmentConfig(rotate=0.5, flip=0.5, affine=0.5, blur=0.5, noise=0.5, jpeg=0.0)
+    ds = D.CachedImageDataset(arr, idx.labels, range(16), aug=aug, seed=3)
+    loader = batch_loader(ds, 8, shuffle=False, num_workers=2)  # asks for persistent workers, as ever
+    epochs = []
+    for epoch in (1, 2):
+        ds.set_epoch(epoch)
+        epochs.append(torch.cat([x for x, _ in loader]))
+    for epoch, got in zip((1, 2), epochs):  # what the dataset draws in this process for that epoch
+        ds.set_epoch(epoch)
+        assert torch.equal(got, torch.stack([ds[i][0] for i in range(16)]))
+    assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_an_unreadable_test_image_fails_the_run_before_training_or_is_named_and_predicted_blank(demo_dir, tmp_path,
+                                                                                               tiny):
+    import shutil
+
+    from cvtrain.engine import train
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    ids = [r["ID"] for r in csv.DictReader((data / "sample_submission.csv").open())]
+    bad = D.resolve_image(data / "test", ids[1])
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    with pytest.raises(D.DataError) as err:
+        train(tiny(data_dir=str(data), cache_dir=str(tmp_path / "c"), epochs=1, save_predictions=True,
+                   output_dir=str(out)))
+    assert "1 test image(s) could not be read" in str(err.value) and str(bad) in str(err.value)
+    assert not out.exists(), "the run trained before its test set was checked"
+    with pytest.warns(UserWarning, match=f"skipping 1 unreadable test image.*{bad}"):
+        result = train(tiny(data_dir=str(data), cache_dir=str(tmp_path / "c"), epochs=1, save_predictions=True,
+                            output_dir=str(out), skip_bad_images=True))
+    assert result.state == "finished"
+    rows = list(csv.DictReader((out / "test_predictions.csv").open()))
+    assert [r["ID"] for r in rows] == ids  # every ID keeps its row: a submission needs them all

@@ -88,7 +88,20 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny, tmp_path):
 
 
 def test_the_per_sample_cpu_augmentation_path_stays_available(tiny):
-    result = train(tiny(epochs=1, augment_on="cpu", mode="disabled"))
+    import numpy as np
+
+    from cvtrain.engine import build_data
+
+    # Every image is turned a quarter (or more) and noised: none can reach the model as it is in the cache.
+    cfg = tiny(epochs=1, augment_on="cpu", mode="disabled", num_workers=1,
+               augment={"rotate": 1.0, "flip": 0.0, "affine": 0.0, "blur": 0.0, "noise": 1.0, "jpeg": 0.0})
+    data = build_data(cfg, torch.device("cpu"))
+    assert data.train_loader.aug is None  # augmented in the loader's workers, not on the device
+    data.train_ds.set_epoch(1)
+    seen = [img for x, _ in data.train_loader for img in x.permute(0, 2, 3, 1).numpy()]
+    raw = {np.asarray(data.train_ds.images[j]).tobytes() for j in data.train_ds.indices}
+    assert len(seen) == len(data.train_ds) and not any(img.tobytes() in raw for img in seen)
+    result = train(cfg)
     assert result.state == "finished" and result.history[0]["train_loss"] > 0
 
 
@@ -217,7 +230,7 @@ def test_an_ended_runs_best_checkpoint_predicts_but_cannot_be_resumed(tiny, demo
     result = train(tiny(epochs=1))
     best = result.output_dir / "checkpoints" / "best.pt"
     obj = ckpt.read(best)
-    assert set(obj) == {"model", "config", "class_names", "format", "state", "weights_only"}
+    assert set(obj) == {"model", "config", "inference", "format", "state", "weights_only"}
     model, cfg, names = load_for_inference(best, torch.device("cpu"))
     assert len(names) == 17 and cfg.experiment.model_name == "test_resnet"
     with pytest.raises(ValueError, match="holds weights only .* keep_checkpoints=last or all"):
@@ -236,3 +249,26 @@ def test_a_run_that_lost_its_trial_writes_nothing_more_to_its_outputs(tiny):
     assert result.state == "lost"
     assert ckpt.read(out / "checkpoints" / "last.pt")["state"]["epoch"] == 1
     assert not (out / "summary.json").exists() and not (out / "confusion_matrix.png").exists()
+
+
+def test_plateau_lowers_the_learning_rate_once_val_f1_stops_improving_for_its_patience(tiny):
+    import timm
+
+    from cvtrain.engine import build_optimization, step_scheduler
+
+    def lrs(f1_by_epoch):
+        model = timm.create_model("test_resnet", num_classes=17)
+        with pytest.warns(FutureWarning):  # timm deprecates plateau; it is still offered
+            optimizer, scheduler, _, _ = build_optimization(tiny(scheduler="plateau", epochs=40, warmup_epochs=0),
+                                                            model, 17)
+        out = []
+        for epoch, f1 in enumerate(f1_by_epoch, start=1):
+            step_scheduler(scheduler, epoch, {"val_f1": f1, "val_loss": 1.0})
+            out.append(optimizer.param_groups[0]["lr"])
+        return out
+
+    patience = 10  # timm's default
+    flat = lrs([0.5] * (patience + 3))
+    assert flat[:patience + 1] == [0.003] * (patience + 1)
+    assert flat[-1] == pytest.approx(0.0003)  # decay_rate 0.1 once the metric sat still for `patience` epochs
+    assert lrs([0.01 * e for e in range(1, patience + 4)]) == [0.003] * (patience + 3)  # F1 rising: max mode

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -335,7 +336,7 @@ class WandbWorker:
         self.poll = poll
         self.current = None              # the running trial's StopRequest
         self.preempted: str | None = None
-        self.last_result = None          # the last trial's TrainResult, or its exception
+        self.last_result = None          # the last trial's TrainResult, or its error (TrialFailed)
         self._lock = threading.Lock()
 
     def preempt(self, reason: str) -> None:
@@ -358,8 +359,11 @@ class WandbWorker:
                 train = self.train_fn
             box["result"] = train(cfg, resume="auto", stop_event=stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the agent's thread, which re-raises it
-            box["error"] = exc
+            # Only its words go on: wandb.agent keeps what the trial raises for its whole life, and this
+            # exception's traceback holds the trial's frames (model, optimizer, loaders and their workers).
+            box["error"] = (type(exc).__name__, str(exc), isinstance(exc, KeyboardInterrupt))
             _record_failure_if_no_run(exc)
+            traceback.clear_frames(exc.__traceback__)
         finally:
             done.set()
 
@@ -401,9 +405,10 @@ class WandbWorker:
             self.current = None
         if box is None:
             return
-        self.last_result = box.get("result", box.get("error"))
         if "error" in box:
-            raise box["error"]
+            self.last_result = detached_error(*box["error"])
+            raise detached_error(*box["error"])
+        self.last_result = box.get("result")
 
     def run(self, path: SweepPath, count: int | None = None) -> int:
         """``wandb.agent`` until the sweep has no more work, ``count`` trials, or a signal (then 143)."""
@@ -419,6 +424,19 @@ class WandbWorker:
         if t is not None and t is not threading.current_thread():
             t.join()  # the preempted trial checkpoints and finishes its run before the worker exits
         return EXIT_PREEMPTED if self.preempted else 0
+
+
+class TrialFailed(Exception):
+    """A trial's error as words only (``TypeName: message``), holding none of the trial's frames."""
+
+
+class TrialInterrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt inside a trial, detached the same way (wandb.agent leaves on it)."""
+
+
+def detached_error(type_name: str, message: str, interrupt: bool = False) -> BaseException:
+    text = f"{type_name}: {message}" if message else type_name
+    return TrialInterrupted(text) if interrupt else TrialFailed(text)
 
 
 def _record_failure_if_no_run(exc: BaseException) -> None:

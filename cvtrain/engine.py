@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -325,7 +326,10 @@ def train(config: Config, reporter: Reporter | None = None, *, resume: str | Non
     try:
         outcome = _fit(s, reporter, stop_event)
     except BaseException as exc:
-        _end_failed(s, exc)
+        try:
+            _end_failed(s, exc)
+        finally:
+            _release(s, exc)
         raise
     return _end(s, outcome)
 
@@ -460,6 +464,22 @@ def _end_failed(s: Session, exc: BaseException) -> None:
     _write_json(s.out_dir / "summary.json", summary)
     _summary_to_run(s.run, summary)
     finish_run(s.run, 1)
+
+
+def _release(s: Session, exc: BaseException) -> None:
+    """A failed run lets go of everything it held, now: its caller may keep the exception (wandb.agent
+    keeps every trial's for its life), whose traceback holds this run's frames. Loader workers shut
+    down, model, optimizer and data dropped, the frames below ``train`` cleared (the traceback still
+    prints; the running ``train`` frame is skipped), CUDA's cache emptied."""
+    for batches in (s.data.train_loader, s.data.val_loader):
+        it = getattr(batches.loader, "_iterator", None)  # persistent workers hang from their DataLoader
+        if it is not None:
+            it._shutdown_workers()
+            batches.loader._iterator = None
+    s.model = s.optimizer = s.scheduler = s.scaler = s.mixup = s.data = s.val_probs = None
+    traceback.clear_frames(exc.__traceback__)
+    if s.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _end(s: Session, outcome: Outcome) -> TrainResult:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ def plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+def path_safe(name: str) -> str:
+    """``name`` as one directory name: separators and anything else outside ``[A-Za-z0-9._-]`` become ``_``,
+    leading dots go. A sweep's ``name:`` is the user's text; a trial's directory must stay in its sweep's."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return safe or "trial"
 
 
 def new_sweep_id() -> str:
@@ -296,7 +304,7 @@ class LocalController:
         name = auto_increment_run_suffix([t.name for t in trials], sweep.name or sweep.id)
         sdir = self.sweep_dir(sweep.id)
         trial = Trial(sweep_id=sweep.id, name=name, params=d.params, run_id=secrets.token_hex(4), attempt=1,
-                      output_dir=str(sdir / "trials" / name), wandb_dir=str(sdir), created_at=now, **lease)
+                      output_dir=str(sdir / "trials" / path_safe(name)), wandb_dir=str(sdir), created_at=now, **lease)
         trial.id = self.store.insert_trial(c, trial)
         return Claim("claimed", trial, reason=d.reason)
 

@@ -27,7 +27,7 @@ from cvtrain.config import ConfigError, env_layer, mapping_layer, merged_env, re
 from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 
 from .controller import LocalController
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings, unset_empty_wandb_vars
 from .store import LeaseLost, SQLiteStore, Trial
 
 log = logging.getLogger("cvsweep.worker")
@@ -202,6 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--entity")
     p.add_argument("--name", default=None, help="worker name recorded with its trials")
     a = p.parse_args(argv)
+    unset_empty_wandb_vars(os.environ)  # as the cvsweep command does: empty means not set
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{a.name or 'worker'}] %(message)s",
                         datefmt="%H:%M:%S")
     if a.backend == "wandb":

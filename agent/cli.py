@@ -263,10 +263,8 @@ def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...], project
             raise click.ClickException(str(exc)) from None
         click.echo(f"W&B sweep {sweep.key}: {state}")
         return
-    current = sweep.store.get_sweep(sweep.key)
-    if current.state not in allowed_from:
-        raise click.ClickException(f"sweep {sweep.key} is {current.state}; cannot go to {state}")
-    sweep.store.set_sweep_state(sweep.key, state, None if state in ("running", "paused") else f"{state} by user")
+    sweep.store.change_sweep_state(sweep.key, state, allowed_from,
+                                   None if state in ("running", "paused") else f"{state} by user")
     click.echo(f"sweep {sweep.key}: {state}")
 
 

@@ -124,6 +124,20 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
             request.set("lost", str(exc))
             return "lost"
 
+    def holds() -> bool:
+        """Asked by the trainer between the steps that end the trial: a beat that also extends the lease."""
+        try:
+            held = ctl.heartbeat(trial.id, owner)
+        except Exception:  # noqa: BLE001 - unknown is not lost: the finish itself is fenced
+            log.warning("ownership check for %s failed", trial.name, exc_info=True)
+            return True
+        if not held:
+            log.warning("trial %s: lease lost while ending it; leaving its outputs to the new owner", trial.name)
+            request.set("lost", "the controller gave this trial to another worker (lease expired)")
+        return held
+
+    reporter.holds = holds  # the trainer's way to ask whether it still owns the trial
+
     def record(state: str, summary: dict | None = None, error: str | None = None) -> str:
         try:
             ctl.finish(trial.id, state, summary, error, owner=owner)

@@ -331,7 +331,7 @@ def train(config: Config, reporter: Reporter | None = None, *, resume: str | Non
         finally:
             _release(s, exc)
         raise
-    return _end(s, outcome)
+    return _end(s, outcome, _owner_check(reporter, stop_event))
 
 
 def _setup(cfg: Config, resume: str | None) -> Session:
@@ -482,23 +482,44 @@ def _release(s: Session, exc: BaseException) -> None:
         torch.cuda.empty_cache()
 
 
-def _end(s: Session, outcome: Outcome) -> TrainResult:
+def _owner_check(reporter: Reporter | None, stop_event) -> Callable[[], bool]:
+    """Whether this process still holds the run: not when ``stop_event`` says "lost", nor when the
+    reporter's ``holds()`` (a sweep controller's lease check, when the reporter has one) says no."""
+    holds = getattr(reporter, "holds", None)
+
+    def held() -> bool:
+        if getattr(stop_event, "kind", None) == "lost":
+            return False
+        return holds() if holds is not None else True
+    return held
+
+
+def _end(s: Session, outcome: Outcome, held: Callable[[], bool] = lambda: True) -> TrainResult:
     """Final reports, artifacts, summary; the W&B run ends with exit code 0 (finished, stopped) or,
-    preempted, marked preempting with a non-zero exit code: W&B's contract for requeueing it."""
+    preempted, marked preempting with a non-zero exit code: W&B's contract for requeueing it.
+
+    ``held()`` is asked before each step that writes the run's outputs: a worker that stalled past its
+    lease while ending must not slim, delete or overwrite what the worker now resuming the trial reads.
+    """
     summary = _summary(s.state, s.stats, outcome.state, outcome.reason, s.monitor.stop())
-    if outcome.state == "lost":
-        # Another worker owns the trial now: leave its outputs alone.
-        finish_run(s.run, 0)
-        return TrainResult("lost", summary, s.out_dir, None, _run_id(s.run), outcome.reason, list(s.state.history))
+    lost = "this worker lost the trial while ending it"
+    if outcome.state == "lost" or not held():
+        return _end_lost(s, summary, outcome.reason if outcome.state == "lost" else lost)
     if outcome.state != "preempted":  # a preempted run resumes from last.pt
         _retain_checkpoints(s)
     best_path = s.ckpt_dir / "best.pt" if (s.ckpt_dir / "best.pt").exists() else None
     if s.state.best_preds is not None:
+        if not held():
+            return _end_lost(s, summary, lost)
         _final_reports(s.run, s.out_dir, s.state, s.data.index.class_names, s.num_classes)
     if s.cfg.wandb.log_artifacts:
         _log_checkpoints(s)
     if s.cfg.paths.save_predictions and outcome.state == "finished":
+        if not held():
+            return _end_lost(s, summary, lost)
         _save_predictions(s)
+    if not held():
+        return _end_lost(s, summary, lost)
     _summary_to_run(s.run, summary)
     _write_json(s.out_dir / "summary.json", summary)
     if outcome.state == "preempted":
@@ -506,6 +527,12 @@ def _end(s: Session, outcome: Outcome) -> TrainResult:
     finish_run(s.run, EXIT_PREEMPTED if outcome.state == "preempted" else 0)
     return TrainResult(outcome.state, summary, s.out_dir, best_path, _run_id(s.run), outcome.reason,
                        list(s.state.history))
+
+
+def _end_lost(s: Session, summary: dict, reason: str) -> TrainResult:
+    """Another worker owns the trial now: leave its outputs alone."""
+    finish_run(s.run, 0)
+    return TrainResult("lost", summary, s.out_dir, None, _run_id(s.run), reason, list(s.state.history))
 
 
 def _retain_checkpoints(s: Session) -> None:

@@ -1,6 +1,7 @@
 """A sweep's ``name:`` is the user's text: it names trials, never where their files go."""
 import threading
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -18,6 +19,7 @@ def test_a_name_becomes_one_directory_name():
     assert path_safe("lr-sweep_2.v1") == "lr-sweep_2.v1"  # a plain name stays as it is
 
 
+@pytest.mark.slow  # trains a small model
 def test_a_sweep_named_with_dot_dot_keeps_every_file_under_cvsweep_dir(tmp_path, monkeypatch, demo_dir, cache_dir):
     top = tmp_path / "top"
     state = top / "a" / "b" / "c" / "state"

@@ -174,17 +174,28 @@ class WandbStore(RunStore):
         return [r for r in rows if r.get("epoch") is not None]
 
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
-        """``ranks`` by run id; every other run of the sweep loses a rank it held before."""
+        """``ranks`` by run id; every other run of the sweep loses a rank it held before.
+
+        Only ``sweep_rank`` changes. W&B's summary write replaces the whole summary, so each run is
+        read again just before its write, never from the listing the ranks came from: a run that
+        ended meanwhile keeps its final state, stop flag, reason and metric. A run still running is
+        left alone (its own process writes its summary); it gets its rank at a write-back after it ends.
+        """
         for r in self._sweep_runs(self._sweep(sweep_id)):
-            old = plain(r.summary).get("sweep_rank")
             new = ranks.get(r.id)
-            if old == new:
-                continue
-            if new is None:
-                del r.summary["sweep_rank"]
-            else:
-                r.summary["sweep_rank"] = new
-            r.summary.update()  # the summary only: config and tags stay as the trainer wrote them
+            if plain(r.summary).get("sweep_rank") != new and str(r.state).lower() not in ("running", "pending"):
+                self._write_rank(r, new)
+
+    def _write_rank(self, listed, rank: int | None) -> None:
+        self.api.flush()  # the Api caches runs by path: this read must reach the server
+        run = self.api.run(f"{listed.entity}/{listed.project}/{listed.id}")
+        if str(run.state).lower() in ("running", "pending") or plain(run.summary).get("sweep_rank") == rank:
+            return
+        if rank is None:
+            del run.summary["sweep_rank"]
+        else:
+            run.summary["sweep_rank"] = rank
+        run.summary.update()  # the summary only: config and tags stay as the trainer wrote them
 
 
 def plain(value):

@@ -111,6 +111,7 @@ class WandbStore(RunStore):
         self.project = project or DEFAULT_PROJECT
         self.entity = entity
         self._runs: dict = {}  # run id -> public-API run, from the last listing
+        self._metric_of: dict = {}  # run id -> its sweep's metric name
 
     @property
     def api(self):
@@ -155,6 +156,7 @@ class WandbStore(RunStore):
             stopped = summary.get("stopped") is True or summary.get("state") == "stopped"
             reason = summary.get("reason")
             self._runs[r.id] = r
+            self._metric_of[r.id] = metric
             out.append(Trial(
                 sweep_id=s.id, name=r.name, state=state, params=params, run_id=r.id, summary=summary,
                 metric=m if isinstance(m, (int, float)) and not isinstance(m, bool) else None,
@@ -167,11 +169,14 @@ class WandbStore(RunStore):
         return out
 
     def epoch_history(self, trial: Trial) -> list[dict]:
+        """Every epoch's row with the keys the report and queries read (epoch, val_f1, the sweep's
+        metric), by ``scan_history``: ``history()`` samples, and would drop epochs of a long run."""
         run = self._runs.get(trial.run_id)
         if run is None:
             return []
-        rows = run.history(samples=10000, pandas=False)
-        return [r for r in rows if r.get("epoch") is not None]
+        keys = list(dict.fromkeys(["epoch", "val_f1", *([self._metric_of.get(trial.run_id)] if
+                                                         self._metric_of.get(trial.run_id) else [])]))
+        return [dict(r) for r in run.scan_history(keys=keys, use_cache=False) if r.get("epoch") is not None]
 
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
         """``ranks`` by run id; every other run of the sweep loses a rank it held before.

@@ -199,3 +199,27 @@ def test_write_back_keeps_what_a_run_wrote_after_the_board_was_read(board, monke
     assert late.summary == {"best_val_f1": 0.5 + n / 1000, "state": "stopped", "stopped": True,
                             "reason": f"stopped after epoch {n}"}
     assert_clean(server)
+
+
+def test_a_long_runs_history_is_read_whole_not_sampled(wandb_server, monkeypatch, tmp_path):
+    """120 batch rows between epoch rows, 100 epochs: 12,100 rows, more than history()'s samples."""
+    from agent.wandb_backend import WandbStore
+
+    monkeypatch.setenv("CVSWEEP_DIR", str(tmp_path / "no-local-state"))
+    server = wandb_server
+    sweep_id = server.add_sweep(SWEEP, project="docs")
+    rows, step = [], 0
+    for epoch in range(1, 101):
+        for _ in range(120):
+            rows.append({"_step": step, "batch/loss": 1.0, "global_step": step})
+            step += 1
+        rows.append({"_step": step, "epoch": epoch, "val_f1": epoch / 100, "best_val_f1": epoch / 100})
+        step += 1
+    server.add_run("docs", name="long", sweep=sweep_id, config={"learning_rate": 0.001},
+                   summary={"best_val_f1": 1.0, "state": "finished"}, history=rows)
+    store = WandbStore(project="docs", entity=server.entity)
+    (trial,) = store.list_trials(f"{server.entity}/docs/{sweep_id}")
+    history = store.epoch_history(trial)
+    assert [h["epoch"] for h in history] == list(range(1, 101))
+    assert [h["best_val_f1"] for h in history] == [e / 100 for e in range(1, 101)]
+    assert_clean(server)

@@ -128,7 +128,12 @@ def open_sweep(s: Settings, sweep_id: str, project: str | None = None, entity: s
     except AccessProblem as exc:
         raise AccessProblem(f"{local_miss or f'no local sweep {sweep_id!r} in {root_db.parent}'}; "
                             f"and to look it up on W&B: {exc}") from None
-    ensure_reachable(s)
+    try:
+        ensure_reachable(s)
+    except WandbUnreachable as exc:
+        if local_miss is None:
+            raise
+        raise WandbUnreachable(f"{local_miss}; and to look it up on W&B: {exc}") from None
     if enter is not None:
         enter(wandb_call_env(s))
     path = sweep_path_from_env(sweep_id, project, entity, s.env)

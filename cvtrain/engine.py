@@ -327,7 +327,7 @@ def train(config: Config, reporter: Reporter | None = None, *, resume: str | Non
         outcome = _fit(s, reporter, stop_event)
     except BaseException as exc:
         try:
-            _end_failed(s, exc)
+            _end_failed(s, exc, _owner_check(reporter, stop_event))
         finally:
             _release(s, exc)
         raise
@@ -455,10 +455,14 @@ def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
              metrics["train_loss"], metrics["val_loss"], metrics["val_acc"], metrics["val_f1"], metrics["epoch_time"])
 
 
-def _end_failed(s: Session, exc: BaseException) -> None:
-    """The run's own error: summary.json and the W&B run say failed, with the reason."""
+def _end_failed(s: Session, exc: BaseException, held: Callable[[], bool] = lambda: True) -> None:
+    """The run's own error: summary.json and the W&B run say failed, with the reason (unless another
+    worker holds the trial now: its outputs are that worker's)."""
     reason = f"{type(exc).__name__}: {exc}"
     summary = _summary(s.state, s.stats, "failed", reason, s.monitor.stop())
+    if not held():
+        finish_run(s.run, 1)
+        return
     if isinstance(exc, Exception):  # an interrupt (KeyboardInterrupt) may be resumed: keep last.pt
         _retain_checkpoints(s)
     _write_json(s.out_dir / "summary.json", summary)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
@@ -17,6 +20,44 @@ from .store import RunStore, SQLiteStore, StoreError
 
 class AccessProblem(RuntimeError):
     """W&B cannot be reached as asked; the message names the fix."""
+
+
+class WandbUnreachable(AccessProblem):
+    """Credentials, but no route to the server (a cluster's compute node): the fix is the local backend."""
+
+
+#: How long one reachability check may take, name lookup included. wandb's own client retries
+#: for ~20 s before it gives up with a traceback; an answer of any kind here means a route exists.
+REACH_SECONDS = 3.0
+
+
+def check_reachable(url: str, timeout: float = REACH_SECONDS) -> None:
+    """One bounded request to W&B's base URL before any wandb call; :class:`WandbUnreachable` when it
+    gets no answer. Any HTTP answer (even 404) is a route. The request runs in a daemon thread so a
+    name lookup that hangs is bounded too."""
+    outcome: dict = {}
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + "/", method="GET"), timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered
+        except (OSError, ValueError) as exc:  # URLError, refused, timed out, no such host, bad URL
+            outcome["why"] = str(getattr(exc, "reason", exc))
+        outcome["done"] = True
+
+    t = threading.Thread(target=probe, name="cvsweep-wandb-reach", daemon=True)
+    t.start()
+    t.join(timeout)
+    why = outcome.get("why") or (None if outcome.get("done") else f"no answer within {timeout:g} s")
+    if why:
+        raise WandbUnreachable(f"W&B at {url} is unreachable ({why}); use --backend local "
+                               "(or WANDB_MODE=offline) to sweep offline")
+
+
+def ensure_reachable(s: Settings) -> None:
+    """:func:`check_reachable` for the server this process's wandb would talk to."""
+    check_reachable(wandb_access(s, mode="online").base_url)
 
 
 @dataclass
@@ -87,6 +128,12 @@ def open_sweep(s: Settings, sweep_id: str, project: str | None = None, entity: s
     except AccessProblem as exc:
         raise AccessProblem(f"{local_miss or f'no local sweep {sweep_id!r} in {root_db.parent}'}; "
                             f"and to look it up on W&B: {exc}") from None
+    try:
+        ensure_reachable(s)
+    except WandbUnreachable as exc:
+        if local_miss is None:
+            raise
+        raise WandbUnreachable(f"{local_miss}; and to look it up on W&B: {exc}") from None
     if enter is not None:
         enter(wandb_call_env(s))
     path = sweep_path_from_env(sweep_id, project, entity, s.env)

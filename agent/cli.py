@@ -15,20 +15,21 @@ exit code 2 for bad input, 1 for everything else.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import click
 
 from .queries import STATE_NAMES, format_table
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings, unset_empty_wandb_vars
 
 
 def _user_errors():
     """(bad input -> exit 2, other problems -> exit 1): the library's exceptions the user can act on."""
     from cvtrain.config import ConfigError
 
-    from .access import AccessProblem
+    from .access import AccessProblem, WandbUnreachable
     from .finalize import FinalizeError
     from .launcher import LaunchError
     from .store import StoreError
@@ -36,16 +37,23 @@ def _user_errors():
     from .wandb_backend import SweepPathError
 
     return (SweepPathError, LaunchError, SettingsError, SweepFileError, ConfigError), \
-        (AccessProblem, StoreError, FinalizeError)
+        (AccessProblem, StoreError, FinalizeError), WandbUnreachable
+
+
+class Exit2(click.ClickException):
+    """One line (``Error: ...``) and exit code 2, without a usage banner: the fix is in the line."""
+    exit_code = 2
 
 
 class Group(click.Group):
     """Turns the library's errors into one line (``Error: ...``) and an exit code, never a traceback."""
 
     def invoke(self, ctx):
-        usage, other = _user_errors()
+        usage, other, unreachable = _user_errors()
         try:
             return super().invoke(ctx)
+        except unreachable as exc:
+            raise Exit2(str(exc).strip().replace("\n", "; ")) from None
         except usage as exc:
             raise click.UsageError(str(exc).strip().replace("\n", "; "), ctx) from None
         except other as exc:
@@ -84,6 +92,8 @@ def cli(ctx):
     """W&B Sweeps for timm image classifiers: online against W&B, or offline with a local controller."""
     # Resolved once (environment over .env over defaults) and passed down. The API key stays in
     # the settings object: it goes only into the environments built for the children that need it.
+    # An empty WANDB_* (a common way to "unset" one) means not set; wandb itself would reject it.
+    unset_empty_wandb_vars(os.environ)
     try:
         ctx.obj = load_settings()
     except SettingsError as exc:
@@ -139,7 +149,7 @@ def validate(file):
                    "default: drawn and stored")
 def create(file, backend, project, entity, seed):
     """Validate FILE and register the sweep; prints the sweep id as the last line."""
-    from .access import default_backend, local_store, wandb_call_env
+    from .access import default_backend, ensure_reachable, local_store, wandb_call_env
     from .validate import absolute_paths, path_problems
 
     cfg, changes = absolute_paths(load_valid_sweep(file))
@@ -166,6 +176,7 @@ def create(file, backend, project, entity, seed):
                                "(use --backend local for a replayable search)")
     from .wandb_backend import create_wandb_sweep
 
+    ensure_reachable(s)
     with wandb_call_env(s):
         path = create_wandb_sweep(cfg, project=project, entity=entity)
     click.echo(f"created W&B sweep {path}; run it with: cvsweep agent {path}  (or: wandb agent {path})")
@@ -305,10 +316,8 @@ def _set_state(sweep_id: str, state: str, allowed_from: tuple[str, ...], project
             raise click.ClickException(str(exc)) from None
         click.echo(f"W&B sweep {sweep.key}: {state}")
         return
-    current = sweep.store.get_sweep(sweep.key)
-    if current.state not in allowed_from:
-        raise click.ClickException(f"sweep {sweep.key} is {current.state}; cannot go to {state}")
-    sweep.store.set_sweep_state(sweep.key, state, None if state in ("running", "paused") else f"{state} by user")
+    sweep.store.change_sweep_state(sweep.key, state, allowed_from,
+                                   None if state in ("running", "paused") else f"{state} by user")
     click.echo(f"sweep {sweep.key}: {state}")
 
 
@@ -423,7 +432,7 @@ def leaderboard_cmd(sweep_id, top, metric, fmt, write_back, project, entity):
 @click.option("--dry-run", is_flag=True, help="list what would be uploaded")
 def sync(sweep_id, dry_run):
     """Upload a local sweep's offline runs to W&B (grouped by sweep id) with `wandb sync`."""
-    from .access import AccessProblem, wandb_access
+    from .access import AccessProblem, ensure_reachable, wandb_access
 
     if "/" in sweep_id:
         raise click.ClickException(f"{sweep_id} is a W&B sweep path: its runs are online already")
@@ -445,6 +454,7 @@ def sync(sweep_id, dry_run):
     except AccessProblem as exc:
         raise click.ClickException(f"{exc}. Do that on a machine with network, then run "
                                    f"`cvsweep sync {sweep.key}` again. Nothing was uploaded.") from None
+    ensure_reachable(s)
     # The child finds the key where wandb looks: the environment built for it (.env's key), ~/.netrc.
     cmd = [sys.executable, "-m", "wandb", "sync", "--project", sw.project or "cvsweep"]
     if sw.entity:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ def plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+def path_safe(name: str) -> str:
+    """``name`` as one directory name: separators and anything else outside ``[A-Za-z0-9._-]`` become ``_``,
+    leading dots go. A sweep's ``name:`` is the user's text; a trial's directory must stay in its sweep's."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return safe or "trial"
 
 
 def new_sweep_id() -> str:
@@ -167,6 +175,14 @@ def _no_new_work(reason: str, running: int, requeue: tuple) -> ClaimDecision:
     return ClaimDecision("done", reason, requeue, finish_sweep=True)
 
 
+def _worst(values: list, goal: str) -> Optional[float]:
+    """The worst finite value for ``goal`` (None when there is none)."""
+    finite = [v for v in values if is_finite_number(v)]
+    if not finite:
+        return None
+    return min(finite) if goal.startswith("max") else max(finite)
+
+
 # -- why hyperband stopped a run ----------------------------------------------------
 def _num(x: float) -> str:
     return f"{x:.3f}" if x == 0 or 0.001 <= abs(x) < 1e4 else f"{x:.3g}"
@@ -233,13 +249,19 @@ class LocalController:
     # -- the search, fed from the store --------------------------------------
     def _sweep_runs(self, sweep: Sweep, trials: list[Trial], with_history: bool, with_config: bool = True,
                     depth: int | None = None):
-        """``SweepRun`` records for the engine; ``depth`` cuts every history to its first values."""
+        """``SweepRun`` records for the engine; ``depth`` cuts every history to its first values.
+
+        Hyperband's n-th iteration is a run's n-th finite value: an epoch whose metric was not finite
+        (stored as None) counts as the worst value any run reported, so later epochs keep their bands.
+        """
         metric = sweep.metric_name
+        worst = _worst([v for t in trials for v in t.history], sweep.goal) if with_history else None
         out = []
         for t in trials:
             state = "pending" if t.state == "preempted" else t.state
             summary = {metric: t.metric} if metric and is_finite_number(t.metric) else {}
-            history = [{metric: v} for v in t.history[:depth] if v is not None] if with_history and metric else []
+            history = [{metric: worst if v is None else v} for v in t.history[:depth]
+                       if v is not None or worst is not None] if with_history and metric else []
             config = {k: {"value": v} for k, v in t.params.items()} if with_config else {}
             out.append(self._SweepRun(name=t.name, state=state, config=config, summary_metrics=summary,
                                       history=history))
@@ -296,7 +318,7 @@ class LocalController:
         name = auto_increment_run_suffix([t.name for t in trials], sweep.name or sweep.id)
         sdir = self.sweep_dir(sweep.id)
         trial = Trial(sweep_id=sweep.id, name=name, params=d.params, run_id=secrets.token_hex(4), attempt=1,
-                      output_dir=str(sdir / "trials" / name), wandb_dir=str(sdir), created_at=now, **lease)
+                      output_dir=str(sdir / "trials" / path_safe(name)), wandb_dir=str(sdir), created_at=now, **lease)
         trial.id = self.store.insert_trial(c, trial)
         return Claim("claimed", trial, reason=d.reason)
 
@@ -324,6 +346,10 @@ class LocalController:
     def report(self, trial_id: int, epoch: int, metrics: dict, *, owner: Owner) -> Optional[str]:
         """Store one epoch and extend the lease; answer "stop" when hyperband (or a cancel) says so.
 
+        A requeued trial's history is its latest attempt's: the attempt's first report drops every later
+        epoch of an earlier attempt, so a restart from scratch is judged on its own epochs and a resume
+        from ``last.pt`` keeps those it resumed from (the checkpoint's model produced them).
+
         Raises LeaseLost, writing nothing, when ``owner`` no longer holds the trial.
         """
         now = self.clock()
@@ -334,6 +360,9 @@ class LocalController:
             value = metrics.get(metric) if metric else None
             value = float(value) if is_finite_number(value) else None
             self.store.add_history(trial_id, epoch, value, plain(metrics), conn=c, attempt=owner.attempt, reported_at=now)
+            # Epochs after this one are an earlier attempt's: a restart from scratch (epoch 1) drops them
+            # all, a resume from last.pt keeps the epochs it resumed from. Hyperband judges this attempt.
+            c.execute("DELETE FROM history WHERE trial_id=? AND epoch>?", (trial_id, epoch))
             cols = dict(heartbeat_at=now, lease_expires=now + self.lease)
             if value is not None:
                 cols["metric"] = value

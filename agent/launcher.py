@@ -9,7 +9,6 @@ process's affinity (``os.sched_getaffinity``), split among the workers.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import signal
@@ -34,7 +33,7 @@ class WorkerSpec:
     slot: int
     gpus: list[Gpu]
     cmd: list[str]
-    env: dict
+    env: dict = field(repr=False)  # holds WANDB_API_KEY for W&B workers: never in a log or a test's dump
     cpus: list[int] = field(default_factory=list)  # this worker's share of the allowed cores
     pin: bool = False  # confine the worker (and the processes it starts) to ``cpus``
     restarts: int = 0
@@ -218,6 +217,11 @@ def _n(count: str, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == "1" else "s")
 
 
+def _pin_to(cpus: list[int]) -> Callable[[], None]:
+    mask = set(cpus)
+    return lambda: os.sched_setaffinity(0, mask)
+
+
 class Launcher:
     """Starts the workers, restarts one that dies, forwards SIGTERM/SIGINT, reports progress."""
 
@@ -234,13 +238,11 @@ class Launcher:
         self._signal: int | None = None
 
     def _start(self, s: WorkerSpec) -> None:
-        s.proc = subprocess.Popen(s.cmd, env=s.env)
+        # Pinned in the child between fork and exec: the worker starts on its share, so every thread
+        # (BLAS's, started at numpy's import) and DataLoader process it makes inherits the mask. The
+        # supervisor runs no threads of its own that a fork could catch holding a lock.
+        s.proc = subprocess.Popen(s.cmd, env=s.env, preexec_fn=_pin_to(s.cpus) if s.pin and s.cpus else None)
         s.exit_code = None
-        if s.pin and s.cpus:
-            # Popen returns once the child has exec'd: it is one thread still starting Python, so every
-            # thread and DataLoader process it makes later inherits this mask.
-            with contextlib.suppress(ProcessLookupError):  # it exited already: the supervisor loop sees that
-                os.sched_setaffinity(s.proc.pid, s.cpus)
 
     def _on_signal(self, signum, frame) -> None:
         self._signal = signum

@@ -55,6 +55,16 @@ class Settings:
         return env
 
 
+def unset_empty_wandb_vars(environ) -> list[str]:
+    """Remove every empty ``WANDB_*`` from ``environ`` (the program's own ``os.environ``, at its start):
+    ``WANDB_MODE=`` is how many shells "unset" it, and wandb rejects an empty mode or URL with a
+    validation dump. Returns the names removed."""
+    empty = [k for k, v in environ.items() if _empty_wandb(k, v)]
+    for k in empty:
+        del environ[k]
+    return empty
+
+
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = ".env") -> Settings:
     """Resolve once. ``environ`` defaults to ``os.environ``; ``env_file`` is read, never exported."""
     from cvtrain.config import merged_env
@@ -74,4 +84,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.P
             raise SettingsError(f"CVSWEEP_LEASE_SECONDS={lease_text!r} (from {source}): must be a number of "
                                 f"seconds > 0, e.g. {DEFAULT_LEASE_SECONDS:g}")
     return Settings(state_dir=Path(merged.get("CVSWEEP_DIR") or DEFAULT_STATE_DIR), lease_seconds=lease,
-                    env={k: v for k, v in merged.items() if k != KEY_VAR}, api_key=key)
+                    env={k: v for k, v in merged.items() if k != KEY_VAR and not _empty_wandb(k, v)}, api_key=key)
+
+
+def _empty_wandb(name: str, value: str) -> bool:
+    return name.startswith("WANDB_") and not str(value).strip()

@@ -322,6 +322,22 @@ class SQLiteStore(RunStore):
             with self.transaction() as c:
                 do(c)
 
+    def change_sweep_state(self, sweep_id: str, state: str, allowed_from: tuple[str, ...],
+                           reason: str | None = None) -> None:
+        """``state`` when the sweep is in one of ``allowed_from``, as one conditional UPDATE (a pause can
+        never undo a cancel that came first); StoreError names the state it is in otherwise. A cancel
+        kills the trials still waiting (pending, preempted) in the same transaction."""
+        with self.transaction() as c:
+            cur = c.execute(f"UPDATE sweeps SET state=?, finished_reason=? WHERE id=? AND state IN "
+                            f"({','.join('?' * len(allowed_from))})", (state, reason, sweep_id, *allowed_from))
+            if cur.rowcount != 1:
+                current = self.get_sweep(sweep_id, conn=c).state  # StoreError when there is no such sweep
+                raise StoreError(f"sweep {sweep_id} is {current}; cannot go to {state}")
+            if state == "cancelled":
+                c.execute("UPDATE trials SET state='killed', stop_reason='sweep cancelled', finished_at=?, "
+                          "lease_expires=NULL, worker=NULL WHERE sweep_id=? AND state IN ('pending', 'preempted')",
+                          (time.time(), sweep_id))
+
     # -- trials -------------------------------------------------------------
     def list_trials(self, sweep_id=None, states=None, conn=None, with_history: bool = True) -> list[Trial]:
         q, args = "SELECT * FROM trials", []
@@ -354,9 +370,9 @@ class SQLiteStore(RunStore):
         rows = conn.execute(f"SELECT {cols} FROM trials WHERE sweep_id=? ORDER BY id", (sweep_id,)).fetchall()
         hist: dict[int, list] = {}
         if with_history and rows:
+            # Non-finite epochs (NULL) stay in place: hyperband counts positions.
             for tid, m in conn.execute("SELECT h.trial_id, h.metric FROM history h JOIN trials t ON t.id=h.trial_id "
-                                       "WHERE t.sweep_id=? AND h.metric IS NOT NULL ORDER BY h.trial_id, h.epoch",
-                                       (sweep_id,)):
+                                       "WHERE t.sweep_id=? ORDER BY h.trial_id, h.epoch", (sweep_id,)):
                 hist.setdefault(tid, []).append(m)
         return [Trial(sweep_id=sweep_id, name=r["name"], state=r["state"],
                       params=json.loads(r["params"]) if with_params else {}, id=r["id"], metric=r["metric"],

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -110,6 +111,7 @@ class WandbStore(RunStore):
         self.project = project or DEFAULT_PROJECT
         self.entity = entity
         self._runs: dict = {}  # run id -> public-API run, from the last listing
+        self._metric_of: dict = {}  # run id -> its sweep's metric name
 
     @property
     def api(self):
@@ -154,6 +156,7 @@ class WandbStore(RunStore):
             stopped = summary.get("stopped") is True or summary.get("state") == "stopped"
             reason = summary.get("reason")
             self._runs[r.id] = r
+            self._metric_of[r.id] = metric
             out.append(Trial(
                 sweep_id=s.id, name=r.name, state=state, params=params, run_id=r.id, summary=summary,
                 metric=m if isinstance(m, (int, float)) and not isinstance(m, bool) else None,
@@ -166,24 +169,38 @@ class WandbStore(RunStore):
         return out
 
     def epoch_history(self, trial: Trial) -> list[dict]:
+        """Every epoch's row with the keys the report and queries read (epoch, val_f1, the sweep's
+        metric), by ``scan_history``: ``history()`` samples, and would drop epochs of a long run."""
         run = self._runs.get(trial.run_id)
         if run is None:
             return []
-        rows = run.history(samples=10000, pandas=False)
-        return [r for r in rows if r.get("epoch") is not None]
+        keys = list(dict.fromkeys(["epoch", "val_f1", *([self._metric_of.get(trial.run_id)] if
+                                                         self._metric_of.get(trial.run_id) else [])]))
+        return [dict(r) for r in run.scan_history(keys=keys, use_cache=False) if r.get("epoch") is not None]
 
     def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
-        """``ranks`` by run id; every other run of the sweep loses a rank it held before."""
+        """``ranks`` by run id; every other run of the sweep loses a rank it held before.
+
+        Only ``sweep_rank`` changes. W&B's summary write replaces the whole summary, so each run is
+        read again just before its write, never from the listing the ranks came from: a run that
+        ended meanwhile keeps its final state, stop flag, reason and metric. A run still running is
+        left alone (its own process writes its summary); it gets its rank at a write-back after it ends.
+        """
         for r in self._sweep_runs(self._sweep(sweep_id)):
-            old = plain(r.summary).get("sweep_rank")
             new = ranks.get(r.id)
-            if old == new:
-                continue
-            if new is None:
-                del r.summary["sweep_rank"]
-            else:
-                r.summary["sweep_rank"] = new
-            r.summary.update()  # the summary only: config and tags stay as the trainer wrote them
+            if plain(r.summary).get("sweep_rank") != new and str(r.state).lower() not in ("running", "pending"):
+                self._write_rank(r, new)
+
+    def _write_rank(self, listed, rank: int | None) -> None:
+        self.api.flush()  # the Api caches runs by path: this read must reach the server
+        run = self.api.run(f"{listed.entity}/{listed.project}/{listed.id}")
+        if str(run.state).lower() in ("running", "pending") or plain(run.summary).get("sweep_rank") == rank:
+            return
+        if rank is None:
+            del run.summary["sweep_rank"]
+        else:
+            run.summary["sweep_rank"] = rank
+        run.summary.update()  # the summary only: config and tags stay as the trainer wrote them
 
 
 def plain(value):
@@ -335,7 +352,7 @@ class WandbWorker:
         self.poll = poll
         self.current = None              # the running trial's StopRequest
         self.preempted: str | None = None
-        self.last_result = None          # the last trial's TrainResult, or its exception
+        self.last_result = None          # the last trial's TrainResult, or its error (TrialFailed)
         self._lock = threading.Lock()
 
     def preempt(self, reason: str) -> None:
@@ -358,8 +375,11 @@ class WandbWorker:
                 train = self.train_fn
             box["result"] = train(cfg, resume="auto", stop_event=stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the agent's thread, which re-raises it
-            box["error"] = exc
+            # Only its words go on: wandb.agent keeps what the trial raises for its whole life, and this
+            # exception's traceback holds the trial's frames (model, optimizer, loaders and their workers).
+            box["error"] = (type(exc).__name__, str(exc), isinstance(exc, KeyboardInterrupt))
             _record_failure_if_no_run(exc)
+            traceback.clear_frames(exc.__traceback__)
         finally:
             done.set()
 
@@ -401,9 +421,10 @@ class WandbWorker:
             self.current = None
         if box is None:
             return
-        self.last_result = box.get("result", box.get("error"))
         if "error" in box:
-            raise box["error"]
+            self.last_result = detached_error(*box["error"])
+            raise detached_error(*box["error"])
+        self.last_result = box.get("result")
 
     def run(self, path: SweepPath, count: int | None = None) -> int:
         """``wandb.agent`` until the sweep has no more work, ``count`` trials, or a signal (then 143)."""
@@ -419,6 +440,19 @@ class WandbWorker:
         if t is not None and t is not threading.current_thread():
             t.join()  # the preempted trial checkpoints and finishes its run before the worker exits
         return EXIT_PREEMPTED if self.preempted else 0
+
+
+class TrialFailed(Exception):
+    """A trial's error as words only (``TypeName: message``), holding none of the trial's frames."""
+
+
+class TrialInterrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt inside a trial, detached the same way (wandb.agent leaves on it)."""
+
+
+def detached_error(type_name: str, message: str, interrupt: bool = False) -> BaseException:
+    text = f"{type_name}: {message}" if message else type_name
+    return TrialInterrupted(text) if interrupt else TrialFailed(text)
 
 
 def _record_failure_if_no_run(exc: BaseException) -> None:

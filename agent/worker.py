@@ -27,7 +27,7 @@ from cvtrain.config import ConfigError, env_layer, mapping_layer, merged_env, re
 from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 
 from .controller import LocalController
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings, unset_empty_wandb_vars
 from .store import LeaseLost, SQLiteStore, Trial, seed_from_id
 
 log = logging.getLogger("cvsweep.worker")
@@ -128,6 +128,20 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
             request.set("lost", str(exc))
             return "lost"
 
+    def holds() -> bool:
+        """Asked by the trainer between the steps that end the trial: a beat that also extends the lease."""
+        try:
+            held = ctl.heartbeat(trial.id, owner)
+        except Exception:  # noqa: BLE001 - unknown is not lost: the finish itself is fenced
+            log.warning("ownership check for %s failed", trial.name, exc_info=True)
+            return True
+        if not held:
+            log.warning("trial %s: lease lost while ending it; leaving its outputs to the new owner", trial.name)
+            request.set("lost", "the controller gave this trial to another worker (lease expired)")
+        return held
+
+    reporter.holds = holds  # the trainer's way to ask whether it still owns the trial
+
     def record(state: str, summary: dict | None = None, error: str | None = None) -> str:
         try:
             ctl.finish(trial.id, state, summary, error, owner=owner)
@@ -208,6 +222,7 @@ def main(argv=None) -> int:
     p.add_argument("--entity")
     p.add_argument("--name", default=None, help="worker name recorded with its trials")
     a = p.parse_args(argv)
+    unset_empty_wandb_vars(os.environ)  # as the cvsweep command does: empty means not set
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{a.name or 'worker'}] %(message)s",
                         datefmt="%H:%M:%S")
     if a.backend == "wandb":

@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,9 +346,12 @@ def train(config: Config, reporter: Reporter | None = None, *, resume: str | Non
     try:
         outcome = _fit(s, reporter, stop_event)
     except BaseException as exc:
-        _end_failed(s, exc)
+        try:
+            _end_failed(s, exc, _owner_check(reporter, stop_event))
+        finally:
+            _release(s, exc)
         raise
-    return _end(s, outcome)
+    return _end(s, outcome, _owner_check(reporter, stop_event))
 
 
 def _setup(cfg: Config, resume: str | None) -> Session:
@@ -486,10 +490,14 @@ def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
              metrics["train_loss"], metrics["val_loss"], metrics["val_acc"], metrics["val_f1"], metrics["epoch_time"])
 
 
-def _end_failed(s: Session, exc: BaseException) -> None:
-    """The run's own error: summary.json and the W&B run say failed, with the reason."""
+def _end_failed(s: Session, exc: BaseException, held: Callable[[], bool] = lambda: True) -> None:
+    """The run's own error: summary.json and the W&B run say failed, with the reason (unless another
+    worker holds the trial now: its outputs are that worker's)."""
     reason = f"{type(exc).__name__}: {exc}"
     summary = _summary(s.state, s.stats, "failed", reason, s.monitor.stop())
+    if not held():
+        finish_run(s.run, 1)
+        return
     if isinstance(exc, Exception):  # an interrupt (KeyboardInterrupt) may be resumed: keep last.pt
         _retain_checkpoints(s)
     _write_json(s.out_dir / "summary.json", summary)
@@ -497,23 +505,60 @@ def _end_failed(s: Session, exc: BaseException) -> None:
     finish_run(s.run, 1)
 
 
-def _end(s: Session, outcome: Outcome) -> TrainResult:
+def _release(s: Session, exc: BaseException) -> None:
+    """A failed run lets go of everything it held, now: its caller may keep the exception (wandb.agent
+    keeps every trial's for its life), whose traceback holds this run's frames. Loader workers shut
+    down, model, optimizer and data dropped, the frames below ``train`` cleared (the traceback still
+    prints; the running ``train`` frame is skipped), CUDA's cache emptied."""
+    for batches in (s.data.train_loader, s.data.val_loader):
+        it = getattr(batches.loader, "_iterator", None)  # persistent workers hang from their DataLoader
+        if it is not None:
+            it._shutdown_workers()
+            batches.loader._iterator = None
+    s.model = s.optimizer = s.scheduler = s.scaler = s.mixup = s.data = s.val_probs = None
+    traceback.clear_frames(exc.__traceback__)
+    if s.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _owner_check(reporter: Reporter | None, stop_event) -> Callable[[], bool]:
+    """Whether this process still holds the run: not when ``stop_event`` says "lost", nor when the
+    reporter's ``holds()`` (a sweep controller's lease check, when the reporter has one) says no."""
+    holds = getattr(reporter, "holds", None)
+
+    def held() -> bool:
+        if getattr(stop_event, "kind", None) == "lost":
+            return False
+        return holds() if holds is not None else True
+    return held
+
+
+def _end(s: Session, outcome: Outcome, held: Callable[[], bool] = lambda: True) -> TrainResult:
     """Final reports, artifacts, summary; the W&B run ends with exit code 0 (finished, stopped) or,
-    preempted, marked preempting with a non-zero exit code: W&B's contract for requeueing it."""
+    preempted, marked preempting with a non-zero exit code: W&B's contract for requeueing it.
+
+    ``held()`` is asked before each step that writes the run's outputs: a worker that stalled past its
+    lease while ending must not slim, delete or overwrite what the worker now resuming the trial reads.
+    """
     summary = _summary(s.state, s.stats, outcome.state, outcome.reason, s.monitor.stop())
-    if outcome.state == "lost":
-        # Another worker owns the trial now: leave its outputs alone.
-        finish_run(s.run, 0)
-        return TrainResult("lost", summary, s.out_dir, None, _run_id(s.run), outcome.reason, list(s.state.history))
+    lost = "this worker lost the trial while ending it"
+    if outcome.state == "lost" or not held():
+        return _end_lost(s, summary, outcome.reason if outcome.state == "lost" else lost)
     if outcome.state != "preempted":  # a preempted run resumes from last.pt
         _retain_checkpoints(s)
     best_path = s.ckpt_dir / "best.pt" if (s.ckpt_dir / "best.pt").exists() else None
     if s.state.best_preds is not None:
+        if not held():
+            return _end_lost(s, summary, lost)
         _final_reports(s.run, s.out_dir, s.state, s.data.index.class_names, s.num_classes)
     if s.cfg.wandb.log_artifacts:
         _log_checkpoints(s)
     if s.cfg.paths.save_predictions and outcome.state == "finished":
+        if not held():
+            return _end_lost(s, summary, lost)
         _save_predictions(s)
+    if not held():
+        return _end_lost(s, summary, lost)
     _summary_to_run(s.run, summary)
     _write_json(s.out_dir / "summary.json", summary)
     if outcome.state == "preempted":
@@ -521,6 +566,12 @@ def _end(s: Session, outcome: Outcome) -> TrainResult:
     finish_run(s.run, EXIT_PREEMPTED if outcome.state == "preempted" else 0)
     return TrainResult(outcome.state, summary, s.out_dir, best_path, _run_id(s.run), outcome.reason,
                        list(s.state.history))
+
+
+def _end_lost(s: Session, summary: dict, reason: str) -> TrainResult:
+    """Another worker owns the trial now: leave its outputs alone."""
+    finish_run(s.run, 0)
+    return TrainResult("lost", summary, s.out_dir, None, _run_id(s.run), reason, list(s.state.history))
 
 
 def _retain_checkpoints(s: Session) -> None:

@@ -1,11 +1,14 @@
 """End to end: real `cvsweep` processes, real workers, real signals, real W&B offline runs."""
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -46,9 +49,21 @@ def test_four_workers_run_a_12_point_grid_exactly_once_and_rank_it(tmp_path, dem
 
 
 def _start_agent(state, sweep_id, **extra):
+    """One worker with the default lease (60 s): a heartbeat that stalls on a loaded machine never loses
+    a live worker its trial; a test that needs a lease to run out says so (:func:`_expire_lease`)."""
     return subprocess.Popen([PY, "-m", "agent", "agent", sweep_id, "--gpus", "none", "--workers", "1"],
-                            env=cvsweep_env(state, CVSWEEP_LEASE_SECONDS="3", **extra), stdout=subprocess.PIPE,
+                            env=cvsweep_env(state, **extra), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def _expire_lease(state, trial_id):
+    """The lease of a dead worker's trial runs out now, instead of after its length."""
+    conn = sqlite3.connect(state / "cvsweep.db", timeout=30)
+    try:
+        with conn:
+            conn.execute("UPDATE trials SET lease_expires=0 WHERE id=? AND state='running'", (trial_id,))
+    finally:
+        conn.close()
 
 
 def _long_sweep(demo_dir, cache_dir):
@@ -75,6 +90,9 @@ def test_kill_9_of_a_worker_requeues_its_trial_which_resumes_and_completes(tmp_p
     row = wait_for(lambda: _running_with_history(state), timeout=180, every=0.05, what="a running trial")[0]
     worker_pid = int(row["worker"].split(":")[1])
     os.kill(worker_pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(worker_pid).wait(timeout=60)  # gone, so no beat of its can follow the expiry
+    _expire_lease(state, row["id"])
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "restarting" in out and "resuming from" in out
@@ -164,11 +182,10 @@ def test_a_requeued_trial_stops_its_first_worker_which_writes_nothing_more(tmp_p
            "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": 40})}
     sweep_id = _create(tmp_path, cfg, state)
     w1 = subprocess.Popen([PY, "-m", "agent.worker", sweep_id, "--count", "1", "--name", "w1"],
-                          env=cvsweep_env(state, CVSWEEP_LEASE_SECONDS="2"), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          env=cvsweep_env(state), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     row = wait_for(lambda: _running_with_history(state), timeout=180, every=0.05, what="worker 1's epochs")[0]
-    # Worker 2's clock runs ahead: to its controller, worker 1's lease has run out.
-    ctl2 = LocalController(SQLiteStore(state), lease_seconds=2, clock=lambda: time.time() + 1000)
+    # Worker 2's clock runs ahead of the (default, 60 s) lease: to its controller, worker 1's has run out.
+    ctl2 = LocalController(SQLiteStore(state), clock=lambda: time.time() + 1000)
     claim = ctl2.claim(sweep_id, "w2")
     assert claim.status == "claimed" and claim.trial.id == row["id"] and claim.trial.attempt == 2
     out1, _ = w1.communicate(timeout=300)

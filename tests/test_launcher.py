@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from agent.cli import cli
 from agent.launcher import (LaunchError, Launcher, WorkerSpec, allowed_cpus, build_specs, cpu_shares, nvml_view,
                             parse_gpus, plan_groups, plan_line, worker_env)
-from conftest import PY, ROOT
+from conftest import PY, ROOT, SECRET
 from cvtrain.system import Visible, visible_gpus
 from nvml_fake import MIXED8, Machine, no_driver, uuid
 from sweep_helpers import cvsweep, db_rows
@@ -165,6 +165,31 @@ def test_pinned_worker_and_the_processes_it_starts_run_only_on_its_share(tmp_pat
     spec = WorkerSpec(slot=0, gpus=[], cmd=[sys.executable, "-c", code], env=dict(os.environ), cpus=[cpu], pin=True)
     assert Launcher([spec], poll=0.05, echo=lambda m: None).run() == 0
     assert out.read_text().split() == [f"[{cpu}]", f"[{cpu}]"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning to 1 of 1 core changes nothing")
+def test_a_pinned_worker_runs_on_its_share_from_its_first_instruction(tmp_path, monkeypatch):
+    """The launcher does nothing after Popen returns until the child has read its affinity: only a mask
+    set before the child's exec can be seen there."""
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    out = tmp_path / "affinity"
+    code = f"import os; open({str(out)!r}, 'w').write(str(sorted(os.sched_getaffinity(0))))"
+
+    class ParentWaits(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.wait(timeout=60)  # the child ran to its end before the launcher could touch it
+
+    monkeypatch.setattr(subprocess, "Popen", ParentWaits)
+    spec = WorkerSpec(slot=0, gpus=[], cmd=[sys.executable, "-c", code], env=dict(os.environ), cpus=[cpu], pin=True)
+    assert Launcher([spec], poll=0.05, echo=lambda m: None).run() == 0
+    assert out.read_text() == f"[{cpu}]"
+
+
+def test_a_workers_spec_never_shows_the_api_key():
+    spec = WorkerSpec(slot=0, gpus=[], cmd=["python"], env={"WANDB_API_KEY": SECRET, "OMP_NUM_THREADS": "2"},
+                      cpus=[0], pin=True)
+    assert SECRET not in repr(spec) and SECRET not in str(spec) and SECRET not in f"{spec!r} {spec}"
 
 
 def _local_sweep(tmp_path):

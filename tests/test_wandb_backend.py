@@ -88,27 +88,31 @@ def test_wandbs_injected_exception_becomes_a_stop_and_never_reaches_training(whe
         return "result"
 
     worker = WandbWorker(train_fn=train, environ={"CVTRAIN_MODEL_NAME": "test_resnet"}, poll=0.01)
+    entered, release = threading.Event(), threading.Event()
     if when == "before training began":
-        worker._StopRequest = _slow_stop_request(worker._StopRequest)
+        worker._StopRequest = _held_stop_request(worker._StopRequest, entered, release)
     agent_thread = threading.Thread(target=worker.trial)
     agent_thread.start()
     if when == "while training":
         assert training.wait(30)
+    else:
+        assert entered.wait(30)  # the agent's thread is inside the trial's first line
     _terminate_thread(agent_thread)
+    release.set()  # the exception lands as it returns to Python code, before training could start
     agent_thread.join(30)
     assert not agent_thread.is_alive() and seen["exceptions"] == []
     if when == "while training":
         assert seen["kind"] == "stopped" and worker.last_result == "result"
     else:
-        assert seen["kind"] in ("stopped", None)  # stopped at once, or never began
+        assert not training.is_set() and seen["kind"] is None and worker.last_result is None
 
 
-def _slow_stop_request(cls):
-    """A StopRequest whose construction takes a while: the injected exception lands before training."""
-    import time
+def _held_stop_request(cls, entered, release):
+    """A StopRequest whose construction waits for the test: the injected exception lands inside it."""
 
-    class Slow(cls):
+    class Held(cls):
         def __init__(self):
-            time.sleep(0.5)
+            entered.set()
+            release.wait(30)
             super().__init__()
-    return Slow
+    return Held

@@ -163,3 +163,63 @@ def test_create_on_wandb_prints_the_full_path_and_the_id_last(wandb_server, tmp_
     assert sweep.project == "p1" and sweep.config["command"][:4] == ["${env}", "${interpreter}", "-m", "cvtrain"]
     assert wandb_server.api_key not in res.stdout + res.stderr
     assert_clean(wandb_server)
+
+
+def test_write_back_keeps_what_a_run_wrote_after_the_board_was_read(board, monkeypatch):
+    """W&B's summary write replaces the whole summary: a rank written from a stale read would undo
+    what the run (or anyone) wrote since. Each listing is followed at once by a change on the server."""
+    from agent.wandb_backend import WandbStore
+
+    server, sweep_id, runs = board
+    edited = _expected(runs)[5]  # finished: its rank is written
+    ending = server.add_run("docs", name="late", sweep=sweep_id, state="running", config={"learning_rate": 0.002},
+                            summary={"best_val_f1": 0.31, "state": "running"},
+                            created_at="2026-11-27T11:00:00.000Z")
+    listings = []
+    listed = WandbStore._sweep_runs
+
+    def listing_then_change(self, sweep):
+        out = listed(self, sweep)
+        listings.append(len(listings))
+        n = len(listings)
+        server.runs[edited.id].summary.update(best_val_f1=0.6 + n / 1000, reason=f"re-evaluated {n}")
+        late = server.runs[ending.id]
+        late.state = "finished"
+        late.summary = {"best_val_f1": 0.5 + n / 1000, "state": "stopped", "stopped": True,
+                        "reason": f"stopped after epoch {n}"}
+        return out
+
+    monkeypatch.setattr(WandbStore, "_sweep_runs", listing_then_change)
+    assert cvsweep("leaderboard", f"{server.entity}/docs/{sweep_id}", "--write-back").exit_code == 0
+    n = len(listings)
+    assert n >= 2  # the board's read, and the write-back's own
+    record = server.runs[edited.id].summary
+    assert (record["best_val_f1"], record["reason"], record["sweep_rank"]) == (0.6 + n / 1000, f"re-evaluated {n}", 6)
+    late = server.runs[ending.id]
+    assert late.summary == {"best_val_f1": 0.5 + n / 1000, "state": "stopped", "stopped": True,
+                            "reason": f"stopped after epoch {n}"}
+    assert_clean(server)
+
+
+def test_a_long_runs_history_is_read_whole_not_sampled(wandb_server, monkeypatch, tmp_path):
+    """120 batch rows between epoch rows, 100 epochs: 12,100 rows, more than history()'s samples."""
+    from agent.wandb_backend import WandbStore
+
+    monkeypatch.setenv("CVSWEEP_DIR", str(tmp_path / "no-local-state"))
+    server = wandb_server
+    sweep_id = server.add_sweep(SWEEP, project="docs")
+    rows, step = [], 0
+    for epoch in range(1, 101):
+        for _ in range(120):
+            rows.append({"_step": step, "batch/loss": 1.0, "global_step": step})
+            step += 1
+        rows.append({"_step": step, "epoch": epoch, "val_f1": epoch / 100, "best_val_f1": epoch / 100})
+        step += 1
+    server.add_run("docs", name="long", sweep=sweep_id, config={"learning_rate": 0.001},
+                   summary={"best_val_f1": 1.0, "state": "finished"}, history=rows)
+    store = WandbStore(project="docs", entity=server.entity)
+    (trial,) = store.list_trials(f"{server.entity}/docs/{sweep_id}")
+    history = store.epoch_history(trial)
+    assert [h["epoch"] for h in history] == list(range(1, 101))
+    assert [h["best_val_f1"] for h in history] == [e / 100 for e in range(1, 101)]
+    assert_clean(server)

@@ -27,17 +27,15 @@ noise is rounded rather than truncated to uint8.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .config import AugmentConfig
+from .ops import PAPER
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +44,8 @@ MAX_ANGLE = 10.0            # degrees
 MAX_SHIFT = 0.05            # fraction of the side
 MAX_SCALE = 0.10            # scale in [0.9, 1.1]
 SIGMA = (0.3, 1.5)
-BLUR_TAPS = 5
 NOISE_STD = (3.0, 15.0)
 JPEG_QUALITY = (20, 60)     # int(uniform(20, 60)): 20..59, as the per-sample path draws it
-PAPER = 255                 # documents are white paper: the affine fills with it (data.PAD_FILL)
 _COLUMNS = 15               # uniforms per sample; a fixed layout, so one strength never shifts another's draws
 
 
@@ -160,17 +156,13 @@ def apply(x: torch.Tensor, d: Draw) -> torch.Tensor:
         _put(out, idx, sample_nearest(_take(out, idx), theta, fill=PAPER))
     idx = _rows(d.blur)
     if idx is not None:
-        sub = _take(out, idx).float()
-        _put(out, idx, _to_uint8(_blur(sub, _on(d.sigma, idx, sub))))
+        _put(out, idx, ops.blur(_take(out, idx), d.sigma[idx]))
     idx = _rows(d.noise)
     if idx is not None:
-        sub = _take(out, idx).float()
-        gen = torch.Generator(device=sub.device).manual_seed(d.noise_seed)
-        noise = torch.randn(sub.shape, generator=gen, device=sub.device, dtype=sub.dtype)
-        _put(out, idx, _to_uint8(sub.addcmul_(noise, _on(d.noise_std, idx, sub).view(-1, 1, 1, 1))))
+        _put(out, idx, ops.noise(_take(out, idx), d.noise_std[idx], d.noise_seed))
     idx = _rows(d.jpeg)
     if idx is not None:
-        _put(out, idx, jpeg_batch(_take(out, idx), d.quality[idx].tolist()))
+        _put(out, idx, ops.jpeg(_take(out, idx), d.quality[idx]))
     return out
 
 
@@ -191,14 +183,6 @@ def _put(out: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
             out[i].copy_(values[k])
     else:
         out.index_copy_(0, idx.to(out.device, non_blocking=True), values)
-
-
-def _on(values: torch.Tensor, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values[idx].to(like.device, like.dtype, non_blocking=True)
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def affine_theta(angle: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -251,72 +235,3 @@ def _pixel_coefficients(row: torch.Tensor, w: int, h: int, size: int):
     b = row[:, 1] * size / h
     e = (row[:, 0] * (1 / w - 1) + row[:, 1] * (1 / h - 1) + row[:, 2] + 1) * size / 2 - 0.5 + 1
     return a, b, e
-
-
-def gaussian_kernels(sigma: torch.Tensor, taps: int = BLUR_TAPS) -> torch.Tensor:
-    """(N, taps) normalised 1-D Gaussian kernels, one per sigma (torchvision's gaussian_blur's)."""
-    t = torch.arange(taps, device=sigma.device, dtype=sigma.dtype) - (taps - 1) / 2
-    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
-    return k / k.sum(1, keepdim=True)
-
-
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = x.shape
-    k = gaussian_kernels(sigma).repeat_interleave(c, 0)  # one kernel per (sample, channel) group
-    pad = BLUR_TAPS // 2
-    y = F.pad(x.view(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
-    # The 5x5 Gaussian is separable: two grouped 1-D passes, 10 taps per pixel instead of 25.
-    with _native_cpu_conv(x.device):
-        y = F.conv2d(y, k.view(n * c, 1, 1, BLUR_TAPS), groups=n * c)
-        y = F.conv2d(y, k.view(n * c, 1, BLUR_TAPS, 1), groups=n * c)
-    return y.view(n, c, h, w)
-
-
-def _native_cpu_conv(device: torch.device):
-    # oneDNN runs this many-group, one-channel-per-group convolution ~2.5x slower than PyTorch's
-    # own kernel on a CPU. The switch is process-wide for the two calls; nothing else convolves
-    # meanwhile (the loader runs in the training thread).
-    if device.type != "cpu":
-        return contextlib.nullcontext()
-    return torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None)
-
-
-_cuda_codec_failed = False
-
-
-def jpeg_batch(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
-    """Re-compress each uint8 CHW image of ``x`` as JPEG at its quality; same device as ``x``."""
-    global _cuda_codec_failed
-    if x.device.type == "cuda" and not _cuda_codec_failed:
-        try:
-            return _jpeg_cuda(x, qualities)
-        except RuntimeError as exc:  # a torchvision build without nvjpeg: the PIL path still works
-            _cuda_codec_failed = True
-            log.warning("JPEG damage on the GPU failed (%s); falling back to PIL on the CPU", exc)
-    from PIL import Image
-
-    src = x.cpu()
-    out = torch.empty_like(src)
-    for i, q in enumerate(qualities):
-        buf = io.BytesIO()
-        Image.fromarray(src[i].permute(1, 2, 0).contiguous().numpy()).save(buf, "JPEG", quality=int(q))
-        buf.seek(0)
-        with Image.open(buf) as im:
-            out[i].copy_(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
-    return out.to(x.device, non_blocking=True)
-
-
-def _jpeg_cuda(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
-    from torchvision.io import decode_jpeg, encode_jpeg
-
-    encoded: list = [None] * len(qualities)
-    with warnings.catch_warnings():
-        # torchvision's codec is deprecated (0.29) in favour of torchcodec, yet it is the one that runs on the GPU.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for q in sorted(set(qualities)):  # encode_jpeg takes one quality per call
-            rows = [i for i, qi in enumerate(qualities) if qi == q]
-            for i, e in zip(rows, encode_jpeg([x[i].contiguous() for i in rows], quality=int(q))):
-                encoded[i] = e.cpu()
-        decoded = decode_jpeg(encoded, device=x.device)
-    return torch.stack(decoded)
-

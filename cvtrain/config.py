@@ -29,6 +29,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from . import transforms
+
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion")
 SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "none")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -82,13 +84,29 @@ class MixupConfig:
 
 @dataclass
 class AugmentConfig:
-    """Strengths in [0, 1] matching the documents' test set damage."""
+    """Probabilities in [0, 1] (and strengths) matching the documents' test set damage."""
     rotate: float = 0.5     # probability of a 90/180/270 degree rotation
     flip: float = 0.3       # probability of a horizontal or vertical flip
     affine: float = 0.3     # probability of a small affine (max 10 deg, 5% shift, 10% scale)
     blur: float = 0.1       # probability of a Gaussian blur
     noise: float = 0.1      # probability of Gaussian pixel noise
     jpeg: float = 0.1       # probability of JPEG re-compression damage (quality 20-60)
+    # The document transforms: a probability (off by default) and a strength each; units and
+    # ranges in cvtrain/transforms.py.
+    rotate_any: float = 0.0
+    rotate_any_max: float = 180.0   # degrees
+    brightness: float = 0.0
+    brightness_max: float = 0.3
+    contrast: float = 0.0
+    contrast_max: float = 0.3
+    gamma: float = 0.0
+    gamma_max: float = 0.5
+    perspective: float = 0.0
+    perspective_max: float = 0.3
+    downscale: float = 0.0
+    downscale_min: float = 0.5
+    shadow: float = 0.0
+    shadow_max: float = 0.5
 
 
 @dataclass
@@ -195,7 +213,7 @@ HELP = {
     "drop_rate": "classifier dropout",
     "grad_clip": "max gradient norm; empty: off",
     "mixup": "timm Mixup/CutMix as a dict, e.g. {'alpha': 0.2}; keys below",
-    "augment": "augmentation strengths in [0, 1] as a dict, e.g. {'rotate': 0.5}; keys below",
+    "augment": "augmentation probabilities and strengths as a dict, e.g. {'rotate': 0.5, 'rotate_any': 0.3}; keys below",
     "tta": "test-time views for predict: none, rot90, rot180, rot270, hflip, vflip",
     "seed": "random seed",
     "device": "auto | cpu | cuda | cuda:N",
@@ -249,6 +267,7 @@ HELP = {
     "augment.blur": "probability of a Gaussian blur",
     "augment.noise": "probability of Gaussian pixel noise",
     "augment.jpeg": "probability of JPEG re-compression damage (quality 20-60)",
+    **transforms.help_lines(),
 }
 
 
@@ -587,7 +606,8 @@ def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) 
         new = dataclasses.replace(current)
         for k, v in updates.items():
             if k not in NESTED_FIELDS[head]:
-                problems.append(f"{head}.{k}: unknown setting (from {source}); allowed: {', '.join(sorted(NESTED_FIELDS[head]))}")
+                problems.append(f"{head}.{k}: unknown setting (from {source}){close_matches(str(k), NESTED_FIELDS[head])}; "
+                                f"allowed: {', '.join(sorted(NESTED_FIELDS[head]))}")
                 continue
             try:
                 setattr(new, k, coerce(f"{head}.{k}", v, NESTED_FIELDS[head][k]))
@@ -653,9 +673,7 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("label_smoothing", "must be in [0, 1)")
     if e.grad_clip is not None and e.grad_clip <= 0:
         bad("grad_clip", "must be > 0 or empty")
-    for k, v in dataclasses.asdict(e.augment).items():
-        if not (0 <= v <= 1):
-            problems.append(f"augment.{k}={v!r} (from {cfg.sources.get('augment')}): must be in [0, 1]")
+    problems += transforms.check(dataclasses.asdict(e.augment), cfg.sources.get("augment"))
     m = e.mixup
     if m.alpha < 0 or m.cutmix_alpha < 0:
         problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): alphas must be >= 0")

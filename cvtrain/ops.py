@@ -9,12 +9,18 @@ factor 1, strength 0, ...) comes back bit-identical, except where noted (blur, j
 change every sample they are given).
 
 Where torchvision has the same transform, the op follows its semantics and is tested against
-it (``torchvision.transforms.v2.functional``): brightness, contrast and gamma bit-for-bit (up
-to one level of float rounding), downscale bit-for-bit (it calls torchvision's resize per
-group of equal sizes), blur within one level, perspective and rotate_any within bilinear
-border effects. The geometric ops are written here rather than taken from kornia: they take
-a whole batch with one parameter per sample in one ``grid_sample``, with white paper outside
-the page, which is all kornia's functional warps would give, without a new dependency.
+it (``torchvision.transforms.v2.functional``): brightness, contrast, gamma and downscale bit-for-bit
+(downscale calls torchvision's resize per group of equal sizes), blur within one level, perspective
+and rotate_any within one level inside the page (the page's one-pixel border blends with the
+white paper differently).
+
+Written here rather than taken from kornia (``kornia.geometry``/``kornia.enhance``, 0.9), each
+measured on one CPU thread, 32 images at 224 px: rotate_any's one ``grid_sample`` with the fit
+scale and white fill folded in ran ~2x faster than kornia's ``warp_affine`` doing the same;
+perspective's grid folded into per-sample multiply-adds ran ~2x faster than ``warp_perspective``;
+kornia's brightness is additive, not torchvision's factor, and its gamma/contrast gave no speed;
+downscale is torchvision's resize itself. So no new dependency, and the parameters stay drawn
+outside the ops, as kornia's ``params=`` would have required anyway.
 """
 from __future__ import annotations
 
@@ -129,15 +135,16 @@ def perspective(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     start = torch.tensor([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=torch.float64)
     inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float64)
     end = start + inward * off * torch.tensor([w, h], dtype=torch.float64)
-    coeffs = _homography(end, start.expand(n, 4, 2))  # output (end) -> input (start): sampling's direction
-    d = 0.5
-    xs = torch.arange(w, dtype=torch.float64) + d
-    ys = torch.arange(h, dtype=torch.float64) + d
-    base = torch.stack(torch.broadcast_tensors(xs.view(1, w), ys.view(h, 1), torch.ones(1, 1, dtype=torch.float64)), -1)
-    num = torch.einsum("hwk,njk->nhwj", base, coeffs.view(n, 3, 3)[:, :2])
-    den = torch.einsum("hwk,nk->nhw", base, coeffs.view(n, 3, 3)[:, 2]).unsqueeze(-1)
-    grid = num / den / torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float64) - 1
-    return _sample_bilinear(x, grid.to(x.device, torch.float32))
+    c = _homography(end, start.expand(n, 4, 2))  # output (end) -> input (start): sampling's direction
+    # Per-sample coefficients folded so that the grid is a few float32 multiply-adds per pixel, on x's device.
+    c = c.to(x.device, torch.float32).view(n, 9, 1, 1)
+    cols = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5).view(1, 1, w)  # pixel centres
+    rows = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5).view(1, h, 1)
+    den = c[:, 6] * cols + c[:, 7] * rows + 1
+    gx = (c[:, 0] * cols + c[:, 1] * rows + c[:, 2]).div_(den).mul_(2 / w).sub_(1)
+    gy = (c[:, 3] * cols + c[:, 4] * rows + c[:, 5]).div_(den).mul_(2 / h).sub_(1)
+    grid = torch.stack([gx, gy], -1)
+    return _sample_bilinear(x, grid)
 
 
 def perspective_offsets(distortion: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

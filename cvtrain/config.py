@@ -534,7 +534,7 @@ def file_layer(path: str | os.PathLike) -> dict[str, tuple[Any, str]]:
 #: Facts the trainer logs in a run's config beside its settings (engine's run extras). A W&B sweep
 #: that requeues a preempted run may hand the run's whole config back as its parameters: these
 #: are read back as what they are, facts, and ignored.
-RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val"})
+RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val", "data_config"})
 
 
 def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, str]]:

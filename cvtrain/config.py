@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from . import transforms
+from . import transforms, weights
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion")
 SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "none")
@@ -114,6 +114,7 @@ class ExperimentConfig:
     model_name: str = "resnet34"
     pretrained: bool = False
     pretrained_path: str | None = None
+    pretrained_dir: str | None = None   # a folder of weight files named after the timm model (cvtrain/weights.py)
     num_classes: int | None = None      # None: inferred from meta.csv or the data
     img_size: int = 224
     batch_size: int = 32
@@ -195,8 +196,10 @@ HELP = {
     "save_requirements": "save W&B's list of installed pip packages with each run (sweep workers turn it off)",
     # experiment
     "model_name": "timm model name (timm.list_models())",
-    "pretrained": "start from pretrained weights (the hub, or pretrained_path offline)",
+    "pretrained": "start from pretrained weights (pretrained_dir or pretrained_path offline, else the hub/HF cache)",
     "pretrained_path": "local weights file for pretrained=True on machines without internet",
+    "pretrained_dir": "folder of weight files named after the timm model (NAME.safetensors, NAME.pth or NAME/) for "
+                      "pretrained=True without the hub: each model of a sweep finds its own",
     "num_classes": "empty: inferred from meta.csv or the data",
     "img_size": "square input size in pixels",
     "batch_size": "batch size",
@@ -696,6 +699,12 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("system_interval", "must be > 0 seconds")
     if e.pretrained_path and not Path(e.pretrained_path).is_file():
         bad("pretrained_path", "file does not exist")
+    if e.pretrained_dir and e.pretrained_path:
+        bad("pretrained_dir", "pretrained_path is set too: give one file or one folder")
+    elif e.pretrained_dir and not Path(e.pretrained_dir).is_dir():
+        bad("pretrained_dir", "folder does not exist")
+    elif e.pretrained and e.pretrained_dir:
+        problems += weights.problems(e.pretrained_dir, e.model_name, cfg.sources.get("pretrained_dir"))
     if check_model:
         problems += validate_model_name(cfg)
     return problems

@@ -134,3 +134,36 @@ parameters:
     assert res.exit_code == 2, res.output
     assert "no weights for 'resnet18'" in res.output and "no weights for 'convnext_tiny.fb_in22k'" in res.output
     assert f"no weights for '{LITE0}'" not in res.output
+
+
+HF_SCRIPT = """
+import os, sys, torch, timm
+from pathlib import Path
+from safetensors.torch import save_file
+from cvtrain.config import mapping_layer, resolve
+from cvtrain.model import PretrainedWeightsError, build_model
+
+exp = resolve(mapping_layer({"pretrained": True, "model_name": "test_resnet"}, "t")).experiment
+try:
+    build_model(exp, 5)
+except PretrainedWeightsError as exc:
+    print("EMPTY:", str(exc).replace(chr(10), " "))
+# Fill the Hugging Face cache as a machine with the hub would have (timm/test_resnet.r160_in1k).
+repo = Path(os.environ["HF_HOME"]) / "hub" / "models--timm--test_resnet.r160_in1k"
+(repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+(repo / "refs").mkdir()
+(repo / "refs" / "main").write_text("0" * 40)
+ref = timm.create_model("test_resnet").state_dict()
+save_file({k: v.contiguous() for k, v in ref.items()}, str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
+got = build_model(exp, 5).state_dict()
+print("CACHED:", all(torch.equal(got[k], v) for k, v in ref.items() if not k.startswith("fc.")))
+"""
+
+
+def test_a_prefilled_hugging_face_cache_works_offline_and_no_weights_at_all_says_what_to_do(tmp_path):
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([PY, "-c", HF_SCRIPT], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    empty = next(ln for ln in proc.stdout.splitlines() if ln.startswith("EMPTY:"))
+    assert "could not be fetched" in empty and "--pretrained_dir=FOLDER" in empty and "HF_HUB_OFFLINE=1" in empty
+    assert "CACHED: True" in proc.stdout

@@ -104,7 +104,7 @@ def rotate_any(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     c, s = a.cos().abs(), a.sin().abs()
     fit = torch.minimum(w / (w * c + h * s), h / (w * s + h * c))
     theta = rotation_theta(torch.rad2deg(a), fit, h, w)
-    grid = F.affine_grid(theta.to(torch.float32), (n, 3, h, w), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, torch.float32), (n, 3, h, w), align_corners=False)
     return _sample_bilinear(x, grid)
 
 

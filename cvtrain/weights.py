@@ -134,8 +134,28 @@ def fit(model, state: dict, where: str) -> dict:
 
 
 def load_into(model, path: str | Path) -> None:
-    """Load the weights file ``path`` into ``model`` (a fresh classifier where the classes differ)."""
-    state = fit(model, read_state_dict(path), str(path))
+    """Load the weights file ``path`` into ``model`` (a fresh classifier where the classes differ).
+
+    A file in its original library's layout (an open_clip SigLIP, an original ViT) goes through
+    the model module's ``checkpoint_filter_fn`` first, as timm's own loader does, when its keys
+    do not fit as they are.
+    """
+    import importlib
+
+    state = read_state_dict(path)
+    try:
+        state = fit(model, state, str(path))
+    except WeightsError:
+        convert = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+        if convert is None:
+            raise
+        try:
+            converted = convert(state, model)
+        except Exception:  # noqa: BLE001 - a converter that cannot read the file: the plain mismatch says more
+            converted = None
+        if not converted:
+            raise
+        state = fit(model, converted, f"{path} (after timm's checkpoint_filter_fn)")
     model.load_state_dict(state, strict=False)
 
 

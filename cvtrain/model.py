@@ -46,9 +46,9 @@ def build_model(exp: ExperimentConfig, num_classes: int) -> nn.Module:
             "With no network, fetch them on a machine that has one:\n"
             f"  python -c \"import timm, torch; m = timm.create_model('{exp.model_name}', pretrained=True); "
             f"torch.save(m.state_dict(), '{exp.model_name}.pth')\"\n"
-            f"copy the file into a folder and pass --pretrained_dir=FOLDER (one NAME.pth or NAME.safetensors per "
-            "model), or copy the Hugging Face cache (~/.cache/huggingface) and set HF_HUB_OFFLINE=1, "
-            "or train with --pretrained=False."
+            f"copy the file here and pass --pretrained_path={exp.model_name}.pth, or put one such file per model "
+            "in a folder and pass --pretrained_dir=FOLDER, or copy the Hugging Face cache (~/.cache/huggingface) "
+            "and set HF_HUB_OFFLINE=1, or train with --pretrained=False."
         ) from None
 
 

@@ -27,7 +27,8 @@ def model_data_config(model) -> dict:
     Only mean and std act here: training and inference resize the whole page to ``img_size``
     with white padding (no centre crop); interpolation and crop_pct are kept for the record.
     """
-    from timm.data import resolve_model_data_config  # timm is loaded already wherever a model exists
+    # Lazy: timm is loaded already wherever a model exists; this module is imported before it.
+    from timm.data import resolve_model_data_config
 
     dc = resolve_model_data_config(model)
     return {"mean": [float(v) for v in dc["mean"]], "std": [float(v) for v in dc["std"]],

@@ -183,7 +183,8 @@ def downscale(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
     torchvision's ``resize`` itself, called once per group of samples sharing a size.
     """
-    from torchvision.transforms.v2 import functional as TF  # torchvision's import costs ~1 s; only this op needs it
+    # Lazy: torchvision's import costs ~1 s and only this op needs it.
+    from torchvision.transforms.v2 import functional as TF
 
     _check(x)
     n, _, h, w = x.shape
@@ -281,7 +282,8 @@ def jpeg_batch(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
 
 
 def _jpeg_cuda(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
-    from torchvision.io import decode_jpeg, encode_jpeg  # the GPU codec: imported only where it runs
+    # Lazy: the GPU codec, imported only where it runs.
+    from torchvision.io import decode_jpeg, encode_jpeg
 
     encoded: list = [None] * len(qualities)
     with warnings.catch_warnings():

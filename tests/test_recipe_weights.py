@@ -5,12 +5,12 @@ import subprocess
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import PY, ROOT
 from safetensors.torch import save_file
 
 from cvtrain import weights as W
 from cvtrain.config import ConfigError, mapping_layer, resolve
 from cvtrain.model import PretrainedWeightsError, build_model
-from conftest import PY, ROOT
 
 LITE0 = "tf_efficientnet_lite0"
 
@@ -94,7 +94,7 @@ def _cli(tmp_path, demo_dir, cache_dir, *extra):
     return subprocess.run([PY, "-m", "cvtrain", f"--data_dir={demo_dir}", f"--model_name={LITE0}", "--img_size=32",
                            "--batch_size=16", "--epochs=1", f"--output_dir={tmp_path / 'run'}", f"--cache_dir={cache_dir}",
                            "--num_workers=0", "--progress=False", "--mode=offline", *extra],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -162,7 +162,7 @@ print("CACHED:", all(torch.equal(got[k], v) for k, v in ref.items() if not k.sta
 
 def test_a_prefilled_hugging_face_cache_works_offline_and_no_weights_at_all_says_what_to_do(tmp_path):
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([PY, "-c", HF_SCRIPT], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run([PY, "-c", HF_SCRIPT], check=False, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     empty = next(ln for ln in proc.stdout.splitlines() if ln.startswith("EMPTY:"))
     assert "could not be fetched" in empty and "--pretrained_dir=FOLDER" in empty and "HF_HUB_OFFLINE=1" in empty

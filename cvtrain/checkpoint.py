@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .config import KEEP_CHECKPOINTS
+from .norm import model_data_config
 
 
 @dataclass
@@ -74,7 +75,8 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
     """
     if weights_only:
         _write(path, {"model": model.state_dict(), "config": cfg.to_flat_dict(), "inference": dict(info),
-                      "format": 1, "state": _inference_state(state.__dict__), "weights_only": True})
+                      "format": 1, "state": _inference_state(state.__dict__), "weights_only": True,
+                      "data_config": model_data_config(model)})
         return
     obj = {
         "model": model.state_dict(),
@@ -86,6 +88,7 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
         "config": cfg.to_flat_dict(),
         "inference": dict(info),
         "format": 1,
+        "data_config": model_data_config(model),  # the normalisation inference must use (plain floats)
     }
     _write(path, obj)
 
@@ -121,7 +124,7 @@ def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args, best_weig
 
 
 #: What inference (predict, the leaderboard's best trial) reads from a checkpoint.
-INFERENCE_KEYS = ("model", "config", "inference", "class_names", "format")  # class_names: older files
+INFERENCE_KEYS = ("model", "config", "inference", "class_names", "format", "data_config")  # class_names: older files
 
 
 def retain(ckpt_dir: Path, keep: str) -> None:

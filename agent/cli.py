@@ -136,12 +136,21 @@ def validate(file):
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None,
               help="local backend: the search's seed (same file, seed and results: same suggestions); "
                    "default: drawn and stored")
-def create(file, backend, project, entity, seed):
+@click.option("--holdout", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=None,
+              help="keep this fraction of the training images (stratified, the same for every trial) out of "
+                   "every trial's training and validation; cvsweep finalize scores its ensemble on it once")
+def create(file, backend, project, entity, seed, holdout):
     """Validate FILE and register the sweep; prints the sweep id as the last line."""
     from .access import default_backend, local_store, wandb_call_env
+    from .finalize import FinalizeError, with_holdout
     from .validate import absolute_paths, path_problems
 
     cfg, changes = absolute_paths(load_valid_sweep(file))
+    if holdout is not None:
+        try:
+            cfg = with_holdout(cfg, holdout)
+        except FinalizeError as exc:
+            raise click.BadParameter(f"{exc} ({file})", param_hint="--holdout") from None
     for c in changes:
         click.echo(f"stored as an absolute path (agents may start elsewhere): {c}")
     s = settings()

@@ -430,7 +430,7 @@ def report(sweep_id, output, top, project, entity):
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1),
               help="distinct configurations taken from the leaderboard")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2),
-              help="stratified folds of all the training data")
+              help="folds of the training data (less the sweep's holdout); stratified when every class has 2 images")
 @click.option("--tta", default=None, help="test-time views, comma-separated (default: each configuration's tta)")
 @click.option("--gpus", default="all", show_default=True, help="all | none | comma-separated indices")
 @click.option("--workers", type=click.IntRange(1), default=None)
@@ -438,9 +438,9 @@ def report(sweep_id, output, top, project, entity):
 @click.option("-o", "--output", default="submission.csv", show_default=True)
 @sweep_options
 def finalize(sweep_id, top, folds, tta, gpus, workers, seed, output, project, entity):
-    """Retrain SWEEP_ID's top configurations on K folds of all the data; ensemble; write a submission.
+    """Retrain SWEEP_ID's top configurations on K folds of the data; choose the ensemble out of fold; submit.
 
-    Prints the ensemble's out-of-fold macro-F1 as the last line (oof_macro_f1: X).
+    Prints the selected ensemble's nested out-of-fold macro-F1 as the last line (oof_macro_f1: X).
     """
     from cvtrain.tta import TTA_VIEWS
 

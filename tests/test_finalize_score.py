@@ -91,3 +91,18 @@ def test_a_sweep_created_with_a_holdout_gives_every_trial_the_same_one():
     assert cfg["parameters"]["holdout"] == {"value": 0.1} and cfg["parameters"]["holdout_seed"] == {"value": 0}
     with pytest.raises(Exception, match="already sets holdout"):
         with_holdout(cfg, 0.2)
+
+
+def test_create_with_a_holdout_stores_it_with_the_sweep(tmp_path, demo_dir, cache_dir):
+    import yaml
+    from sweep_helpers import cvsweep, db_rows, tiny_params
+
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"name": "h", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
+                                 "parameters": tiny_params(demo_dir, cache_dir)}))
+    res = cvsweep(["create", str(f), "--backend", "local", "--holdout", "0.1"], tmp_path / "state")
+    assert res.returncode == 0, res.stderr
+    params = json.loads(db_rows(tmp_path / "state", "SELECT config FROM sweeps")[0]["config"])["parameters"]
+    assert params["holdout"] == {"value": 0.1} and params["holdout_seed"] == {"value": 0}
+    bad = cvsweep(["create", str(f), "--backend", "local", "--holdout", "0.5"], tmp_path / "state")
+    assert bad.returncode == 2 and "--holdout" in bad.stderr and "0.5" in bad.stderr

@@ -139,8 +139,8 @@ def _assemble(per: list[list[tuple[int, dict]]]) -> FoldOutputs:
                     fold_of.setdefault(img, fold)
                     if fold_of[img] != fold:
                         raise OutputsError(f"{img}: the finalists' folds differ (fold {fold_of[img]} and {fold})")
-        for v in oof:
-            oof[v].append(held[v])
+        for v, h in held.items():
+            oof[v].append(h)
     ids = sorted(truth)
     if any(sorted(h) != ids for hs in oof.values() for h in hs):
         raise OutputsError("the finalists' folds do not hold out every image exactly once")

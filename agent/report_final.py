@@ -60,8 +60,8 @@ def _final_estimates(page, final: dict) -> None:
                     f"<td>{', '.join(f'{v:.3f}' for v in folds)}</td></tr>")
     page.add("<table id='final-estimates'><thead><tr><th>out of fold</th><th>macro-F1</th><th>90% interval</th>"
              "<th>fold range</th><th>per fold</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
-    notes = [f"P(selected ensemble beats the best single) = {final['p_selected_beats_best_single']:.2f} "
-             "(paired bootstrap over images)."]
+    notes = [(f"P(selected ensemble beats the best single) = {final['p_selected_beats_best_single']:.2f} "
+              "(paired bootstrap over images).")]
     sv = final.get("oof_single_view") or {}
     if sv:
         notes.append(f"With one view (none): best single {sv['best_single']:.4f}, equal-weight {sv['equal']:.4f}, "

@@ -15,7 +15,7 @@ import numpy as np
 from .data import DatasetIndex
 from .predict import predict_probs
 
-#: file -> (which images, views: "tta" for the run's test-time views or a list)
+#: The files finalize reads (agent.fold_outputs names them too).
 VAL_TTA, VAL_SINGLE, HOLDOUT = "val_predictions.csv", "val_predictions_single.csv", "holdout_predictions.csv"
 
 

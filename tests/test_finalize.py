@@ -6,11 +6,11 @@ import signal
 import sqlite3
 import subprocess
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-
 from conftest import PY
 from sweep_helpers import cvsweep, cvsweep_env, db_rows, tiny_params, wait_for
 
@@ -73,19 +73,19 @@ def test_finalize_submits_the_selected_ensemble_with_honest_estimates(parent, de
     final_id = final["final_sweep"]
     trials = db_rows(root, "SELECT * FROM trials WHERE sweep_id=?", (final_id,))
     assert len(trials) == 6 and {t["state"] for t in trials} == {"finished"}
-    parents = {t["name"]: yaml.safe_load(open(f"{t['output_dir']}/config.yaml"))
+    parents = {t["name"]: yaml.safe_load(Path(t["output_dir"], "config.yaml").read_text())
                for t in db_rows(root, "SELECT name, output_dir FROM trials WHERE sweep_id=?", (sid,))}
     labels = {r["ID"]: int(r["target"]) for r in _read(demo_dir / "train.csv")}
     runs = [f["run"] for f in final["finalists"]]
     held, folds, test, holdout = {}, {}, {}, {}
     for t in trials:
         out = t["output_dir"]
-        cfg = yaml.safe_load(open(f"{out}/config.yaml"))
+        cfg = yaml.safe_load(Path(out, "config.yaml").read_text())
         run = next(r for r in runs if parents[r]["learning_rate"] == cfg["learning_rate"])
         assert cfg["folds"] == 3 and cfg["tta"] == ["none", "rot180"] and cfg["holdout"] == HOLDOUT
         assert cfg["weight_decay"] == parents[run]["weight_decay"] == 0.05
         single = _read(f"{out}/val_predictions_single.csv")
-        summary = json.loads(open(f"{out}/summary.json").read())
+        summary = json.loads(Path(out, "summary.json").read_text())
         # the final epoch's model, not the best epoch's: its single view scores what the last epoch scored
         assert _f1([int(r["target"]) for r in single], _probs(single).argmax(1)) == pytest.approx(summary["val_f1"])
         tta = _read(f"{out}/val_predictions.csv")
@@ -162,7 +162,7 @@ def test_running_finalize_again_queues_failed_and_incomplete_folds(parent, tmp_p
     assert f"queued again: {partial['name']}: {test_file}:" in out
     states = db_rows(root, "SELECT state FROM trials WHERE sweep_id=?", (final_id,))
     assert {r["state"] for r in states} == {"finished"}
-    assert os.path.exists(f"{failed['output_dir']}/val_predictions.csv") and len(open(test_file).readlines()) == len(lines)
+    assert os.path.exists(f"{failed['output_dir']}/val_predictions.csv") and len(Path(test_file).read_text().splitlines()) == len(lines)
 
 
 def test_a_killed_fold_worker_is_requeued_and_the_ensemble_still_completes(tmp_path, demo_dir, cache_dir):

@@ -96,11 +96,14 @@ def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int 
     finalists = select_finalists(parent_sweep.store, parent_sweep.key, top)
     config = finalize_config(parent, finalists, folds, tta, seed)
     store = parent_sweep.store if parent_sweep.backend == "local" else local_store(s, create=True)
-    final, resumed = find_or_create_final_sweep(store, parent, config)
+    final, resumed, again = find_or_create_final_sweep(store, parent, config)
     echo(f"finalize {parent.id}: {len(finalists)} configuration(s) x {folds} folds = "
          f"{len(finalists) * folds} fold trials in local sweep {final.id}" + (" (resumed)" if resumed else ""))
+    for why in again:
+        echo(f"  queued again: {why}")
     for f in finalists:
-        echo(f"  #{f.index} {f.run} ({parent.metric_name} {f.metric:.4f}): {json.dumps(f.params, sort_keys=True)}")
+        echo(f"  #{f.index} {f.run} ({parent.metric_name} {f.metric:.4f}, configuration from {f.config_from}): "
+             f"{json.dumps(f.params, sort_keys=True)}")
     code = run_agents(s, OpenSweep("local", store, final.id), gpus, 1, workers, echo=echo)
     if code != 0:
         echo(f"finalize: the agents exited with {code}; run the same command again to resume", err=True)
@@ -108,15 +111,36 @@ def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int 
     result = collect(store, store.get_sweep(final.id), finalists, folds)
     out = write_outputs(result, output, store.root)
     where = log_submission(result, out, parent, parent_sweep.backend, store.root)
-    echo(f"\nout-of-fold macro-F1 ({result.n_images} images, {folds} folds):")
-    for r in result.finalists:
-        echo(f"  #{r['index']} {r['run']}: {r['oof_macro_f1']:.4f}  (folds: "
-             + ", ".join(f"{v:.3f}" for v in r["fold_macro_f1"]) + ")")
-    echo(f"  ensemble of {len(result.finalists)}: {result.oof_macro_f1:.4f}")
-    echo(f"wrote {out} ({len(result.test_ids)} rows); submission logged to "
+    _echo_result(result, echo)
+    echo(f"wrote {out} ({len(result.test_ids)} rows, the selected weights); submission logged to "
          + (f"W&B: {where}" if parent_sweep.backend == "wandb" else f"the offline W&B run in {where}"))
     echo(f"oof_macro_f1: {result.oof_macro_f1:.6f}")
     return 0
+
+
+def _echo_result(result, echo: Echo) -> None:
+    """Out-of-fold figures (selected nested, equal, best single, with 90% intervals), then the holdout apart."""
+    e = result.estimates
+    how = "stratified" if result.folds_stratified else "NOT stratified (a class has a single image)"
+    echo(f"\nout-of-fold macro-F1 ({result.n_images} images, {result.folds} folds, {how}; "
+         f"views {','.join(result.oof_views)} as in the submission):")
+    for name, n in result.small_classes.items():
+        echo(f"  warning: class {name} has {n} image(s), fewer than the {result.folds} folds")
+    for r in result.finalists:
+        echo(f"  #{r['index']} {r['run']}: {r['oof_macro_f1']:.4f} [{r['oof_macro_f1_ci90'][0]:.3f}, "
+             f"{r['oof_macro_f1_ci90'][1]:.3f}]  weight {r['weight']:.2f}  (folds: "
+             + ", ".join(f"{v:.3f}" for v in r["fold_macro_f1"]) + f"; one view: {r['oof_macro_f1_single_view']:.4f})")
+    for name, label in (("best_single", "best single"), ("equal", "equal-weight ensemble"),
+                        ("selected", "selected ensemble (nested)")):
+        lo, hi = e[f"{name}_ci90"]
+        echo(f"  {label}: {e[name]:.4f}  90% interval [{lo:.4f}, {hi:.4f}]")
+    echo(f"  P(selected ensemble beats the best single) = {e['p_selected_beats_best_single']:.2f} (paired bootstrap)")
+    sv = result.single_view
+    echo(f"  one view (none): best single {sv['best_single']:.4f}, equal {sv['equal']:.4f}, "
+         f"selected {sv['selected']:.4f}")
+    if result.holdout:
+        echo(f"holdout macro-F1 of the submitted ensemble: {result.holdout['macro_f1']:.4f} "
+             f"({result.holdout['n_images']} images no trial trained or validated on; scored once)")
 
 
 # ---------------------------------------------------------------------------

@@ -147,12 +147,21 @@ def validate(file):
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None,
               help="local backend: the search's seed (same file, seed and results: same suggestions); "
                    "default: drawn and stored")
-def create(file, backend, project, entity, seed):
+@click.option("--holdout", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=None,
+              help="keep this fraction of the training images (stratified, the same for every trial) out of "
+                   "every trial's training and validation; cvsweep finalize scores its ensemble on it once")
+def create(file, backend, project, entity, seed, holdout):
     """Validate FILE and register the sweep; prints the sweep id as the last line."""
     from .access import default_backend, ensure_reachable, local_store, wandb_call_env
+    from .finalize import FinalizeError, with_holdout
     from .validate import absolute_paths, path_problems
 
     cfg, changes = absolute_paths(load_valid_sweep(file))
+    if holdout is not None:
+        try:
+            cfg = with_holdout(cfg, holdout)
+        except FinalizeError as exc:
+            raise click.BadParameter(f"{exc} ({file})", param_hint="--holdout") from None
     for c in changes:
         click.echo(f"stored as an absolute path (agents may start elsewhere): {c}")
     s = settings()
@@ -484,7 +493,7 @@ def report(sweep_id, output, top, project, entity):
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1),
               help="distinct configurations taken from the leaderboard")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2),
-              help="stratified folds of all the training data")
+              help="folds of the training data (less the sweep's holdout); stratified when every class has 2 images")
 @click.option("--tta", default=None, help="test-time views, comma-separated (default: each configuration's tta)")
 @click.option("--gpus", default="all", show_default=True, help="all | none | comma-separated indices")
 @click.option("--workers", type=click.IntRange(1), default=None)
@@ -492,9 +501,9 @@ def report(sweep_id, output, top, project, entity):
 @click.option("-o", "--output", default="submission.csv", show_default=True)
 @sweep_options
 def finalize(sweep_id, top, folds, tta, gpus, workers, seed, output, project, entity):
-    """Retrain SWEEP_ID's top configurations on K folds of all the data; ensemble; write a submission.
+    """Retrain SWEEP_ID's top configurations on K folds of the data; choose the ensemble out of fold; submit.
 
-    Prints the ensemble's out-of-fold macro-F1 as the last line (oof_macro_f1: X).
+    Prints the selected ensemble's nested out-of-fold macro-F1 as the last line (oof_macro_f1: X).
     """
     from cvtrain.tta import TTA_VIEWS
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .queries import format_cell, is_finite_number, leaderboard, state_counts, varying_columns
+from .report_final import final_section, finalist_marks
 from .store import RunStore, Sweep, Trial
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -172,33 +173,6 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
 """
 
 
-def _final_section(page: "Page", final: dict, metric: str) -> None:
-    """`cvsweep finalize`: out-of-fold macro-F1 per configuration and for the ensemble."""
-    import plotly.graph_objects as go
-
-    page.add(f"<h2 id='final'>Final: {len(final['finalists'])} configuration(s) x {final['folds']} folds</h2>"
-             f"<p class='muted'>Retrained on {final['folds']} stratified folds of all {final['n_images']} training "
-             f"images (local sweep {html.escape(final['final_sweep'])}); out-of-fold macro-F1 from held-out "
-             "predictions of each fold's final epoch. The submission averages the softmax over folds, "
-             "configurations and test-time views.</p>")
-    body = "".join(
-        f"<tr><td class='num'>{r['index']}</td><td>{html.escape(r['run'])}</td>"
-        f"<td class='num'>{r['parent_metric']:.4f}</td><td class='num'>{r['oof_macro_f1']:.4f}</td>"
-        f"<td>{', '.join(f'{v:.3f}' for v in r['fold_macro_f1'])}</td></tr>" for r in final["finalists"])
-    page.add(f"<table><thead><tr><th>#</th><th>from trial</th><th>sweep {html.escape(metric)}</th>"
-             "<th>OOF macro-F1</th><th>per fold</th></tr></thead><tbody>" + body +
-             f"<tr><td></td><td><b>ensemble</b></td><td></td><td class='num'><b>{final['oof_macro_f1']:.4f}</b></td>"
-             "<td></td></tr></tbody></table>")
-    names = final["class_names"]
-    page.figure(go.Figure(go.Heatmap(z=final["confusion"], x=names, y=names, colorscale="Blues",
-                                     hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
-                .update_layout(title=f"ensemble, out of fold (macro-F1 {final['oof_macro_f1']:.4f})", height=620,
-                               xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed"),
-                "final-confusion")
-    if final.get("submission"):
-        page.note(f"Submission: {final['submission']}")
-
-
 def _num(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -256,8 +230,10 @@ def build_html(data: ReportData, top: int = 20) -> str:
         params = varying_columns(rows) or list(rows[0]["config"])
         head = ["rank", "run", "state", metric, "epochs", *params]
         body = []
+        marks = finalist_marks(data.final)
         for r in rows[:top]:
-            cells = [f"<td class='num'>{r['rank']}</td>", f"<td>{html.escape(r['run'])}</td>",
+            mark = f" <span class='muted'>({html.escape(marks[r['run']])})</span>" if r["run"] in marks else ""
+            cells = [f"<td class='num'>{r['rank']}</td>", f"<td>{html.escape(r['run'])}{mark}</td>",
                      f"<td>{html.escape(r['state'] + (' (stopped)' if r['stopped'] else ''))}</td>",
                      f"<td class='num' data-v='{r['metric']}'>{r['metric']:.4f}</td>",
                      f"<td class='num'>{html.escape(format_cell(r.get('epochs')))}</td>"]
@@ -332,7 +308,7 @@ def build_html(data: ReportData, top: int = 20) -> str:
                   "machine." if rows else "No best trial yet.")
 
     if data.final:
-        _final_section(page, data.final, metric)
+        final_section(page, data.final, metric)
 
     # -- failures ----------------------------------------------------------------
     page.add("<h2>Failures</h2>")

@@ -152,6 +152,8 @@ class DataConfig:
     folds: int = 0           # >1: k-fold; `fold` selects the validation fold
     fold: int = 0
     split_seed: int | None = None  # seed of the split/folds; None: the run's seed
+    holdout: float = 0.0     # a stratified slice no training or validation sees (cvsweep create --holdout)
+    holdout_seed: int = 0
     test_dir: str = "test"   # test images (predict, save_predictions)
     sample_submission: str = "sample_submission.csv"  # test IDs in submission order
     resize: str = "pad"      # pad keeps the aspect ratio; stretch does not
@@ -235,6 +237,9 @@ HELP = {
     "fold": "which fold validates when folds >= 2",
     "split_seed": "seed of the split and folds; empty: the run's seed "
                   "(finalize fixes it so configurations share folds)",
+    "holdout": "fraction kept out of every split and fold, for one unbiased score at the end "
+               "(cvsweep create --holdout sets it for a whole sweep); 0: none",
+    "holdout_seed": "seed of the holdout slice (the same for every trial of a sweep)",
     "test_dir": "folder of test images (predict, save_predictions)",
     "sample_submission": "CSV listing the test IDs in submission order",
     "resize": "pad (keep aspect ratio, white padding) | stretch",
@@ -697,6 +702,8 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
             bad("tta", f"unknown view {v!r}; allowed: {', '.join(TTA_VIEWS)}")
     if not (0 < d.val_fraction < 1) and d.folds <= 1:
         bad("val_fraction", "must be in (0, 1)")
+    if not (0 <= d.holdout < 0.5):
+        bad("holdout", "must be in [0, 0.5)")
     if d.folds == 1 or d.folds < 0:
         bad("folds", "must be 0 (plain split) or >= 2")
     if d.folds >= 2 and not (0 <= d.fold < d.folds):

@@ -155,24 +155,63 @@ def split_indices(labels: list[int], cfg: DataConfig, seed: int) -> tuple[np.nda
     """Seeded (stratified) train/val split, or the train/val indices of fold ``cfg.fold``.
 
     ``cfg.split_seed``, when set, seeds the split instead of ``seed``: runs with other
-    seeds then share their folds (finalize's out-of-fold estimates need that).
+    seeds then share their folds (finalize's out-of-fold estimates need that). The
+    ``cfg.holdout`` slice is in neither part. Folds are stratified whenever every class has
+    at least 2 images (:func:`folds_stratified`); a class with fewer images than folds is
+    spread over as many folds as it has images, and named in a warning.
     """
     from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
     seed = seed if cfg.split_seed is None else cfg.split_seed
-    y = np.asarray(labels)
-    idx = np.arange(len(y))
+    pool, _ = holdout_indices(labels, cfg)
+    y = np.asarray(labels)[pool]
     counts = np.bincount(y)
-    can_stratify = cfg.stratify and counts[counts > 0].min() >= 2
     if cfg.folds >= 2:
-        k = StratifiedKFold if can_stratify and counts[counts > 0].min() >= cfg.folds else KFold
-        splitter = k(n_splits=cfg.folds, shuffle=True, random_state=seed)
-        tr, va = list(splitter.split(idx, y))[cfg.fold]
-        return np.sort(tr), np.sort(va)
+        for c, n in small_classes(y, cfg.folds).items():
+            log.warning("class %d has %d image(s), fewer than the %d folds: %d fold(s) validate none of it",
+                        c, n, cfg.folds, cfg.folds - n)
+        k = StratifiedKFold if folds_stratified(y, cfg) else KFold
+        with warnings.catch_warnings():  # sklearn's "least populated class" warning: said above, by class
+            warnings.simplefilter("ignore", UserWarning)
+            tr, va = list(k(n_splits=cfg.folds, shuffle=True, random_state=seed).split(pool, y))[cfg.fold]
+        return np.sort(pool[tr]), np.sort(pool[va])
     n_val = max(1, int(round(cfg.val_fraction * len(y))))
-    strat = y if can_stratify and n_val >= (counts > 0).sum() else None
-    tr, va = train_test_split(idx, test_size=n_val, random_state=seed, stratify=strat)
-    return np.sort(tr), np.sort(va)
+    strat = y if _can_stratify(counts) and cfg.stratify and n_val >= (counts > 0).sum() else None
+    tr, va = train_test_split(np.arange(len(y)), test_size=n_val, random_state=seed, stratify=strat)
+    return np.sort(pool[tr]), np.sort(pool[va])
+
+
+def _can_stratify(counts: np.ndarray) -> bool:
+    return bool(counts[counts > 0].min() >= 2) if counts.any() else False
+
+
+def folds_stratified(labels, cfg: DataConfig) -> bool:
+    """Whether ``cfg.folds`` folds of these labels are stratified: asked for, and every class has >= 2
+    images (scikit-learn refuses only when every class is smaller than the number of folds)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    return bool(cfg.stratify and _can_stratify(counts) and counts.max() >= cfg.folds)
+
+
+def small_classes(labels, folds: int) -> dict[int, int]:
+    """Classes with fewer images than folds (and at least one): class -> images."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    return {c: int(n) for c, n in enumerate(counts) if 0 < n < folds}
+
+
+def holdout_indices(labels, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(the rest, the holdout): a stratified ``cfg.holdout`` slice seeded by ``cfg.holdout_seed`` alone,
+    so every trial of a sweep leaves out the same images whatever its seed or folds."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    if cfg.holdout <= 0:
+        return idx, idx[:0]
+    y = np.asarray(labels)
+    counts = np.bincount(y)
+    n_hold = max(1, int(round(cfg.holdout * len(y))))
+    strat = y if _can_stratify(counts) and n_hold >= (counts > 0).sum() else None
+    rest, held = train_test_split(idx, test_size=n_hold, random_state=cfg.holdout_seed, stratify=strat)
+    return np.sort(rest), np.sort(held)
 
 
 # ---------------------------------------------------------------------------

@@ -314,7 +314,6 @@ class Session:
     resumed_from: Optional[Path]
     run: object = None
     monitor: Optional[SystemMonitor] = None
-    val_probs: Optional[np.ndarray] = None   # the last epoch's softmax on the validation images
 
     @property
     def log_fn(self):
@@ -458,7 +457,7 @@ def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
         progress=s.cfg.logging.progress)
     if interrupted:
         return None
-    val_m, y_true, y_pred, s.val_probs = evaluate(s.model, s.data.val_loader, s.normalize, s.num_classes,
+    val_m, y_true, y_pred, _ = evaluate(s.model, s.data.val_loader, s.normalize, s.num_classes,
                                                    s.autocast)
     lr = s.optimizer.param_groups[0]["lr"]
     step_scheduler(s.scheduler, epoch, val_m)
@@ -597,37 +596,27 @@ def _log_checkpoints(s: Session) -> None:
 
 
 def _save_predictions(s: Session) -> None:
-    """The final epoch's model: softmax on its validation images (by ID) and, when the data has a
-    test set, on the test images with the ``tta`` views. Finalize builds OOF estimates and the
+    """The final epoch's model: softmax on its held-out images (cvtrain.heldout) and, when the data has
+    a test set, on the test images with the ``tta`` views. Finalize builds OOF estimates and the
     ensemble from these files; the final epoch (not the best) keeps the OOF estimate honest."""
+    from .heldout import write_heldout_predictions, write_probs  # lazy: both import predict, which imports this module
     from .predict import test_probs
 
-    ids, labels = s.data.index.image_ids(), s.data.index.labels
-    rows = [(ids[j], labels[j]) for j in s.data.val_ds.indices]
-    _write_probs(s.out_dir / "val_predictions.csv", ["ID", "target"], rows, s.val_probs)
-    root = Path(s.cfg.data.data_dir)
-    if not (root / s.cfg.data.sample_submission).is_file():
-        log.info("no %s in %s: no test predictions", s.cfg.data.sample_submission, root)
-        return
     e, d = s.cfg.experiment, s.cfg.data
+    write_heldout_predictions(s.model, s.data.val_ds.images, s.data.index, s.data.val_ds.indices,
+                              D.holdout_indices(s.data.index.labels, d)[1], list(e.tta), s.normalize,
+                              e.batch_size * 2, s.out_dir)
+    root = Path(d.data_dir)
+    if not (root / d.sample_submission).is_file():
+        log.info("no %s in %s: no test predictions", d.sample_submission, root)
+        return
     with warnings.catch_warnings():  # unreadable test images were named at setup (check_test_set)
         warnings.simplefilter("ignore", UserWarning)
         _, test_ids, probs = test_probs(s.model, root, e.img_size, d.resize, list(e.tta), s.device,
                                         test_dir=d.test_dir, sample_submission=d.sample_submission,
                                         cache_dir=d.cache_dir, batch_size=e.batch_size * 2,
                                         skip_bad_images=d.skip_bad_images, data_config=s.normalize.data_config)
-    _write_probs(s.out_dir / "test_predictions.csv", ["ID"], [(i,) for i in test_ids], probs.numpy())
-
-
-def _write_probs(path: Path, head: list[str], rows: list[tuple], probs: np.ndarray) -> None:
-    import csv
-
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(head + [f"p{c}" for c in range(probs.shape[1])])
-        w.writerows([*r, *(f"{v:.6g}" for v in p)] for r, p in zip(rows, probs))
-    tmp.replace(path)
+    write_probs(s.out_dir / "test_predictions.csv", ["ID"], [(i,) for i in test_ids], probs.numpy())
 
 
 def _summary_to_run(run, summary: dict) -> None:

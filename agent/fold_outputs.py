@@ -1,0 +1,165 @@
+"""What finalize's fold trials leave behind, read as arrays; and whether a trial's outputs are whole.
+
+File names are those cvtrain.heldout and the engine write (not imported: reading them needs no torch).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .store import SQLiteStore, Sweep, Trial
+
+#: variant -> the held-out predictions file: the submission's views, and no view.
+OOF_FILES = {"tta": "val_predictions.csv", "single": "val_predictions_single.csv"}
+#: Read when every fold trial wrote it: a shifted copy of the held-out fold (val_shift), same views.
+OPTIONAL_OOF_FILES = {"shift": "val_shift_predictions.csv"}
+TEST, HOLDOUT = "test_predictions.csv", "holdout_predictions.csv"
+
+
+class OutputsError(ValueError):
+    """A prediction file that is missing, partial or unreadable."""
+
+
+@dataclass
+class FoldOutputs:
+    ids: list[str]                        # every out-of-fold image, sorted
+    y: np.ndarray                         # (N,) true labels
+    fold_of: np.ndarray                   # (N,) the fold that held each image out
+    oof: dict[str, np.ndarray]            # variant -> (K finalists, N, C) softmax
+    config: dict                          # one fold trial's saved configuration (config.yaml)
+    class_names: list[str] | None = None
+    test_ids: list[str] = field(default_factory=list)
+    test: np.ndarray | None = None        # (K, T, C): each finalist's mean over its folds
+    holdout_ids: list[str] = field(default_factory=list)
+    holdout_y: np.ndarray | None = None
+    holdout: np.ndarray | None = None     # (K, H, C): each finalist's mean over its folds
+
+
+def read_probs(path: Path) -> tuple[list[tuple], np.ndarray]:
+    """(key columns per row, probabilities (rows, C)) of a predictions CSV; OutputsError if it is not whole."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        head, body = rows[0], rows[1:]
+        k = sum(1 for h in head if not h.startswith("p"))
+        if not body or any(len(r) != len(head) for r in body):
+            raise OutputsError(f"{path}: {len(body)} row(s), some not of {len(head)} columns (a partial file?)")
+        probs = np.array([[float(v) for v in r[k:]] for r in body], dtype=np.float64)
+    except (OSError, IndexError, ValueError) as exc:
+        raise OutputsError(exc if isinstance(exc, OutputsError) else f"{path}: {exc}") from None
+    if not np.isfinite(probs).all():
+        raise OutputsError(f"{path}: non-finite probabilities")
+    return [tuple(r[:k]) for r in body], probs
+
+
+def expected_test_rows(cfg: dict) -> int | None:
+    """Rows the test predictions must have (sample_submission's), None when the data has no test set."""
+    sub = Path(cfg.get("data_dir") or "-") / (cfg.get("sample_submission") or "sample_submission.csv")
+    if not sub.is_file():
+        return None
+    with sub.open(newline="") as f:
+        return max(0, sum(1 for _ in csv.reader(f)) - 1)
+
+
+def read_trial(out: Path) -> dict:
+    """Everything one finished fold trial wrote: {"config", variant files, "test", "holdout"}; OutputsError."""
+    if not (out / "config.yaml").is_file():
+        raise OutputsError(f"{out / 'config.yaml'} is missing")
+    cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    got: dict = {"config": cfg}
+    for variant, name in OOF_FILES.items():
+        got[variant] = read_probs(out / name)
+    for variant, name in OPTIONAL_OOF_FILES.items():
+        if (out / name).is_file():
+            got[variant] = read_probs(out / name)
+    want = expected_test_rows(cfg)
+    if want is not None:
+        got["test"] = read_probs(out / TEST)
+        if len(got["test"][0]) != want:
+            raise OutputsError(f"{out / TEST}: {len(got['test'][0])} rows, the test set has {want}")
+    if float(cfg.get("holdout") or 0) > 0:
+        got["holdout"] = read_probs(out / HOLDOUT)
+    if (out / "confusion_matrix.json").is_file():
+        got["class_names"] = json.loads((out / "confusion_matrix.json").read_text()).get("class_names")
+    return got
+
+
+def incomplete(trial: Trial) -> str | None:
+    """Why a finished fold trial's outputs cannot be used (then it must run again), or None."""
+    try:
+        read_trial(Path(trial.output_dir or "-"))
+    except OutputsError as exc:
+        return str(exc)
+    return None
+
+
+def _by_id(keys: list[tuple], probs: np.ndarray) -> dict[str, tuple[int, np.ndarray]]:
+    return {k[0]: (int(k[1]), p) for k, p in zip(keys, probs)}
+
+
+def read_folds(store: SQLiteStore, final: Sweep, candidates: list[dict]) -> tuple[FoldOutputs, list[str]]:
+    """The fold trials of ``candidates`` (in finalist order) as arrays, and what is missing (then no arrays)."""
+    keys = [json.dumps(c, sort_keys=True) for c in candidates]
+    per: list[list[tuple[int, dict]]] = [[] for _ in candidates]
+    missing = []
+    for t in store.list_trials(final.id, with_history=False):
+        key = json.dumps(t.params.get("candidate"), sort_keys=True)
+        if key not in keys:
+            continue
+        try:
+            if t.state != "finished":
+                raise OutputsError(t.state + (": " + t.error.splitlines()[0] if t.error else ""))
+            per[keys.index(key)].append((int(t.params["fold"]), read_trial(Path(t.output_dir or "-"))))
+        except OutputsError as exc:
+            missing.append(f"{t.name} ({exc})")
+    return (None if missing else _assemble(per)), missing
+
+
+def _assemble(per: list[list[tuple[int, dict]]]) -> FoldOutputs:
+    """Stack the finalists' folds; every finalist must hold out every image once, on the same folds."""
+    first = per[0][0][1]
+    truth, fold_of, oof = {}, {}, {v: [] for v in OOF_FILES}
+    shift_everywhere = all("shift" in got for trials in per for _, got in trials)
+    if shift_everywhere:
+        oof["shift"] = []
+    for trials in per:
+        held = {v: {} for v in oof}
+        for fold, got in trials:
+            for v in oof:
+                for img, (label, p) in _by_id(*got[v]).items():
+                    if img in held[v]:
+                        raise OutputsError(f"{img} is held out by two folds of one finalist: the folds overlap")
+                    held[v][img] = p
+                    truth[img] = label
+                    fold_of.setdefault(img, fold)
+                    if fold_of[img] != fold:
+                        raise OutputsError(f"{img}: the finalists' folds differ (fold {fold_of[img]} and {fold})")
+        for v, h in held.items():
+            oof[v].append(h)
+    ids = sorted(truth)
+    if any(sorted(h) != ids for hs in oof.values() for h in hs):
+        raise OutputsError("the finalists' folds do not hold out every image exactly once")
+    out = FoldOutputs(ids, np.array([truth[i] for i in ids]), np.array([fold_of[i] for i in ids]),
+                      {v: np.stack([np.stack([h[i] for i in ids]) for h in hs]) for v, hs in oof.items()},
+                      first["config"], first.get("class_names"))
+    _stack_test_and_holdout(out, per)
+    return out
+
+
+def _stack_test_and_holdout(out: FoldOutputs, per: list[list[tuple[int, dict]]]) -> None:
+    if all("test" in got for trials in per for _, got in trials):
+        out.test_ids = [k[0] for k in per[0][0][1]["test"][0]]
+        if any([k[0] for k in got["test"][0]] != out.test_ids for trials in per for _, got in trials):
+            raise OutputsError("the fold trials' test predictions are not in one order")
+        out.test = np.stack([np.mean([got["test"][1] for _, got in trials], axis=0) for trials in per])
+    if all("holdout" in got for trials in per for _, got in trials):
+        keys = per[0][0][1]["holdout"][0]
+        out.holdout_ids, out.holdout_y = [k[0] for k in keys], np.array([int(k[1]) for k in keys])
+        if any(got["holdout"][0] != keys for trials in per for _, got in trials):
+            raise OutputsError("the fold trials held out different holdout images")
+        out.holdout = np.stack([np.mean([got["holdout"][1] for _, got in trials], axis=0) for trials in per])

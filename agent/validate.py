@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from cvtrain.config import (CANDIDATE, NESTED_FIELDS, PARAM_KEYS, ConfigError, check_model_name, close_matches,
-                            mapping_layer, resolve)
+from cvtrain.config import (CANDIDATE, NESTED_FIELDS, PARAM_KEYS, VAL_SHIFT_KEYS, ConfigError, check_model_name,
+                            close_matches, mapping_layer, resolve)
 from cvtrain.tracking import EPOCH_METRICS
 
 _NUMBER_LIKE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -88,7 +88,7 @@ def _check_param(name: str, spec, method, known, top: bool, prefix: str = "") ->
     if not isinstance(spec, dict):
         return out + [f"parameters.{full}: must be a mapping such as {{values: [...]}} or {{min: .., max: ..}}"]
     if "parameters" in spec:
-        sub_known = list(NESTED_FIELDS.get(name, {}))
+        sub_known = list(NESTED_FIELDS.get(name, {})) or (list(VAL_SHIFT_KEYS) if name == "val_shift" else [])
         if top and name in known and not sub_known:
             out.append(f"parameters.{full}: {name!r} takes a single value, not nested parameters")
         for k, v in (spec["parameters"] or {}).items():

@@ -157,10 +157,9 @@ def fit_profile(x: torch.Tensor, sizes: np.ndarray, train: dict, test: dict) -> 
     p["contrast"] = _bisect(mean_of("contrast", p, "contrast"), 0.2, 5.0, test["contrast_mean"],
                             increasing=True, log=True)
     p["noise"] = 0.0
-    for _ in range(2):  # blur, noise, blur again: each moves the other's statistic a little
-        p["blur"] = _bisect(median_of("laplacian_var", p, "blur"), 0.0, 8.0, test["laplacian_var_median"],
-                            increasing=False)
-        if "noise" in p and p["noise"] == 0.0 or _ == 0:
-            p["noise"] = _bisect(median_of("noise", p, "noise"), 0.0, 64.0, test["noise_median"], increasing=True)
+    # blur, noise, blur again: noise raises the Laplacian variance that blur lowers
+    p["blur"] = _bisect(median_of("laplacian_var", p, "blur"), 0.0, 8.0, test["laplacian_var_median"], False)
+    p["noise"] = _bisect(median_of("noise", p, "noise"), 0.0, 64.0, test["noise_median"], True)
+    p["blur"] = _bisect(median_of("laplacian_var", p, "blur"), 0.0, 8.0, test["laplacian_var_median"], False)
     out = {k: round(v, 3) for k, v in p.items()}
     return SP.check_profile({k: v for k, v in out.items() if v != SP.RANGES[k][2]}, "cvsweep shift")

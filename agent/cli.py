@@ -26,6 +26,7 @@ from .settings import Settings, SettingsError, load_settings
 def _user_errors():
     """(bad input -> exit 2, other problems -> exit 1): the library's exceptions the user can act on."""
     from cvtrain.config import ConfigError
+    from cvtrain.shift_profile import ProfileError, ShiftError
 
     from .access import AccessProblem
     from .finalize import FinalizeError
@@ -34,7 +35,8 @@ def _user_errors():
     from .validate import SweepFileError
     from .wandb_backend import SweepPathError
 
-    return (SweepPathError, LaunchError, SettingsError, SweepFileError, ConfigError), \
+    return (SweepPathError, LaunchError, SettingsError, SweepFileError, ConfigError, ShiftError,
+            ProfileError), \
         (AccessProblem, StoreError, FinalizeError)
 
 
@@ -101,6 +103,33 @@ def demo_data(out_dir, per_class, test_per_class, seed):
 
     out = make_demo_data(out_dir, per_class=per_class, test_per_class=test_per_class, seed=seed)
     click.echo(f"wrote demo data to {out} ({17 * per_class} train, {17 * test_per_class} test images)")
+
+
+@cli.command()
+@click.argument("data_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="write the recommended val_shift profile (YAML) here")
+@click.option("--max-images", type=click.IntRange(1), default=200, show_default=True,
+              help="images sampled (seeded) from each of train and test")
+@click.option("--test-dir", default="test", show_default=True, help="folder of test images under DATA_DIR")
+@click.option("--seed", default=0, show_default=True)
+def shift(data_dir, fmt, output, max_images, test_dir, seed):
+    """Compare the training with the test images (no labels needed) and recommend a val_shift profile."""
+    from cvtrain.shift import measure_shift, shift_table
+    from cvtrain.shift_profile import dump
+
+    result = measure_shift(data_dir, max_images=max_images, seed=seed,
+                           cache_dir=settings().env.get("CVTRAIN_CACHE_DIR") or None, test_dir=test_dir)
+    if output:
+        with open(output, "w") as f:
+            f.write(dump(result["train"]["profile"]))
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(format_table(shift_table(result)))
+        click.echo(f"\nval_shift profile: {json.dumps(result['train']['profile'])}"
+                   + (f" (written to {output})" if output else ""))
 
 
 def load_valid_sweep(file) -> dict:

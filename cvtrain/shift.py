@@ -28,14 +28,11 @@ from . import shift_profile as SP
 from . import shift_stats as S
 from . import valshift as V
 from .config import DataConfig
+from .shift_profile import ShiftError
 
 MEASURE_SIZE = SP.BLUR_REFERENCE_SIZE
 FIT_IMAGES = 64     # the profile fit simulates on this many training images (enough for medians)
 FIT_SEED = 12345
-
-
-class ShiftError(ValueError):
-    """Data the shift measurement cannot read; the message names it and the fix."""
 
 
 def _sample(paths: list[str], n: int, seed: int) -> np.ndarray:
@@ -100,6 +97,20 @@ def measure_shift(data_dir: str | Path, max_images: int = 200, seed: int = 0, si
     train["profile"] = profile
     test["profile"] = profile
     return {"train": train, "test": test, "data_dir": str(root), "max_images": max_images, "size": size}
+
+
+def shift_table(result: dict) -> list[tuple]:
+    """Rows for a side-by-side table: train, test, then each training class."""
+    keys = ("n_images", "brightness_mean", "contrast_mean", "laplacian_var_median", "noise_median",
+            "aspect_ratio_median", "not_upright_share")
+    head = ("set", "images", "brightness", "contrast", "laplacian_var", "noise", "aspect", "not_upright")
+
+    def row(name: str, r: dict) -> tuple:
+        return (name, *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys))
+
+    rows = [head, row("train", result["train"]), row("test", result["test"])]
+    rows += [row(f"  train/{c}", r) for c, r in result["train"].get("per_class", {}).items()]
+    return rows
 
 
 def _bisect(fn, lo: float, hi: float, target: float, increasing: bool, steps: int = 8, log: bool = False) -> float:

@@ -42,6 +42,10 @@ KEYS = tuple(RANGES)
 BLUR_REFERENCE_SIZE = 224  # blur sigmas are pixels of a 224-px image
 
 
+class ShiftError(ValueError):
+    """Data the shift measurement cannot read (``cvsweep shift``); the message names it and the fix."""
+
+
 class ProfileError(ValueError):
     """A profile with an unknown key or a strength out of range; the message names it."""
 

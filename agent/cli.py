@@ -113,13 +113,15 @@ def demo_data(out_dir, per_class, test_per_class, seed):
 @click.option("--max-images", type=click.IntRange(1), default=200, show_default=True,
               help="images sampled (seeded) from each of train and test")
 @click.option("--test-dir", default="test", show_default=True, help="folder of test images under DATA_DIR")
+@click.option("--size", type=click.IntRange(32), default=224, show_default=True,
+              help="side of the square the images are measured at (blur sigmas are scaled to 224 px)")
 @click.option("--seed", default=0, show_default=True)
-def shift(data_dir, fmt, output, max_images, test_dir, seed):
+def shift(data_dir, fmt, output, max_images, test_dir, size, seed):
     """Compare the training with the test images (no labels needed) and recommend a val_shift profile."""
     from cvtrain.shift import measure_shift, shift_table
     from cvtrain.shift_profile import dump
 
-    result = measure_shift(data_dir, max_images=max_images, seed=seed,
+    result = measure_shift(data_dir, max_images=max_images, seed=seed, size=size,
                            cache_dir=settings().env.get("CVTRAIN_CACHE_DIR") or None, test_dir=test_dir)
     if output:
         with open(output, "w") as f:

@@ -54,18 +54,20 @@ def test_paths(root: Path, test_dir: str) -> list[str]:
 
 def _read(paths: list[str], size: int, cache_dir) -> tuple[torch.Tensor, np.ndarray]:
     """(uint8 (N, 3, size, size) stretched, (N, 2) original width, height); raises naming unreadable files."""
-    sizes, bad = [], []
+    sizes, bad = [], {}
     for p in paths:
         try:
-            with Image.open(p) as im:
+            with Image.open(p) as im:  # the header only: no decoding
                 sizes.append(im.size)
         except Exception as exc:  # noqa: BLE001 - every unreadable file is named, whatever the reason
-            bad.append(f"{p} ({type(exc).__name__})")
+            bad[p] = type(exc).__name__
             sizes.append((1, 1))
-    decoded = D.load_or_build_cache(paths, size, "stretch", cache_dir, progress=False)
-    bad += [b.split(": ", 1)[0] for b in decoded.bad if b.split(": ", 1)[0] not in " ".join(bad)]
+    if not bad:  # decoding an unreadable file into the shared cache would only repeat the errors
+        decoded = D.load_or_build_cache(paths, size, "stretch", cache_dir, progress=False)
+        bad.update((b.split(": ", 1)[0], b.split(": ")[1]) for b in decoded.bad)
     if bad:
-        raise ShiftError(f"{len(bad)} image(s) could not be decoded: {', '.join(bad)}; fix or remove them")
+        named = ", ".join(f"{p} ({why})" for p, why in bad.items())
+        raise ShiftError(f"{len(bad)} image(s) could not be decoded: {named}; fix or remove them")
     x = torch.from_numpy(np.array(decoded.array)).permute(0, 3, 1, 2).contiguous()
     return x, np.asarray(sizes, dtype=np.float64)
 

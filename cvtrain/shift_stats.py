@@ -4,8 +4,8 @@ Per image, on its decoded cache row (stretched to a square, so no padding enters
 
 - brightness: mean grey level (0-255); contrast: its standard deviation;
 - sharpness: variance of the 3x3 Laplacian of the grey image;
-- noise: Immerkaer's estimate (mean absolute response of a Laplacian-difference kernel that
-  cancels smooth structure, times sqrt(pi/2)/6);
+- noise: Immerkaer's estimate per colour channel (mean absolute response of a
+  Laplacian-difference kernel that cancels smooth structure, times sqrt(pi/2)/6);
 - aspect ratio: width / height of the original file (read from its header);
 - orientation: the dominant gradient orientation modulo 90 degrees. Text lines, table rules
   and a page's edges put most gradient energy at 0/90 degrees; a page turned by an arbitrary
@@ -52,7 +52,8 @@ def image_stats(x: torch.Tensor, sizes: np.ndarray | None = None) -> dict[str, n
     n = g.shape[0]
     flat = g.view(n, -1)
     lap = _conv(g, _LAPLACE).view(n, -1)
-    noise = _conv(g, _IMMERKAER).abs().view(n, -1).mean(1) * math.sqrt(math.pi / 2) / 6
+    # per colour channel, so it reads in the noise op's units (the grey mix would shrink it by 1/3)
+    noise = _conv(x.float().flatten(0, 1).unsqueeze(1), _IMMERKAER).abs().view(n, -1).mean(1) * math.sqrt(math.pi / 2) / 6
     skew, side, coherence = orientation(g, sizes)
     not_upright = (coherence >= MIN_COHERENCE) & ((np.abs(skew) > SKEW_DEG) | side)
     return {

@@ -352,16 +352,31 @@ def runs(sweep_id, states, limit, latest, fmt, project, entity):
     if fmt == "json":
         click.echo(json.dumps([{"sweep": t.sweep_id, "run": t.name, "run_id": t.run_id, "state": state_name(t),
                                 "metric": t.metric, "stopped": t.stopped, "config": t.params, "error": t.error,
-                                "stop_reason": t.stop_reason} for t in rows], indent=2))
+                                "stop_reason": t.stop_reason, **_clean_and_shifted(t)} for t in rows], indent=2))
         return
     if not rows:
         click.echo("no trials" + (f" in state {', '.join(states)}" if states else ""), err=True)
         return
-    table = [("sweep", "run_id", "run", "state", "metric", "config", "reason")]
+    shifted = any("best_val_shift_f1" in _clean_and_shifted(t) for t in rows)
+    table = [("sweep", "run_id", "run", "state", "metric", *(("clean_f1", "shifted_f1") if shifted else ()), "config",
+              "reason")]
     table += [(t.sweep_id, t.run_id or "", t.name, state_name(t), f"{t.metric:.4f}" if t.metric is not None else "-",
+               *((_fmt(_clean_and_shifted(t).get("best_val_f1")), _fmt(_clean_and_shifted(t).get("best_val_shift_f1")))
+                 if shifted else ()),
                json.dumps(t.params, sort_keys=True), ((t.stop_reason if t.stopped else t.error) or "").split("\n")[0])
               for t in rows]
     click.echo(format_table(table))
+
+
+def _clean_and_shifted(t) -> dict:
+    """The trial's clean and shifted validation figures (best_val_f1, best_val_shift_f1) that it has."""
+    from .queries import is_finite_number
+
+    return {k: t.summary[k] for k in ("best_val_f1", "best_val_shift_f1") if is_finite_number(t.summary.get(k))}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 @cli.command("leaderboard")

@@ -107,3 +107,28 @@ def test_cli_bad_val_shift_exits_2_with_one_line(demo_dir, tmp_path):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "val_shift.blur=99" in proc.stderr and "[0, 8]" in proc.stderr
+
+
+def test_a_local_sweep_on_best_val_shift_f1_validates_and_ranks_by_it(tmp_path, demo_dir, cache_dir):
+    import yaml
+
+    from sweep_helpers import cvsweep, tiny_params
+
+    cfg = {"name": "shifted", "method": "grid", "metric": {"name": "best_val_shift_f1", "goal": "maximize"},
+           "parameters": tiny_params(demo_dir, cache_dir, learning_rate={"values": [0.001, 0.01, 0.03]},
+                                     val_shift={"parameters": {"rotate_any": {"value": 0.5}, "blur": {"value": 1.0}}})}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    state = tmp_path / "state"
+    assert cvsweep(["validate", str(f)], state).returncode == 0
+    made = cvsweep(["create", str(f), "--backend", "local"], state)
+    assert made.returncode == 0, made.stderr
+    sweep_id = made.stdout.strip().splitlines()[-1]
+    res = cvsweep(["agent", sweep_id, "--gpus", "none", "--workers", "1"], state)
+    assert res.returncode == 0, res.stderr[-3000:]
+    board = json.loads(cvsweep(["leaderboard", sweep_id, "--format", "json"], state).stdout)
+    assert len(board) == 3 and board[0]["metric_name"] == "best_val_shift_f1"
+    assert [r["metric"] for r in board] == sorted((r["metric"] for r in board), reverse=True)
+    assert all("best_val_f1" in r["also"] for r in board)
+    runs = json.loads(cvsweep(["runs", sweep_id, "--format", "json"], state).stdout)
+    assert all({"best_val_f1", "best_val_shift_f1"} <= set(r) for r in runs)

@@ -132,3 +132,27 @@ def test_a_local_sweep_on_best_val_shift_f1_validates_and_ranks_by_it(tmp_path, 
     assert all("best_val_f1" in r["also"] for r in board)
     runs = json.loads(cvsweep(["runs", sweep_id, "--format", "json"], state).stdout)
     assert all({"best_val_f1", "best_val_shift_f1"} <= set(r) for r in runs)
+
+
+def test_predict_tta_auto_picks_views_on_the_shifted_validation_and_says_by_how_much(tiny, tmp_path):
+    res = train(tiny(val_shift=PROFILE, epochs=1, output_dir=str(tmp_path / "run")))
+    out = tmp_path / "sub.csv"
+    proc = subprocess.run([PY, "-m", "cvtrain", "predict", f"--checkpoint={res.best_checkpoint}",
+                           f"--data_dir={tiny().data.data_dir}", f"--output={out}", "--tta=auto",
+                           f"--cache_dir={tiny().data.cache_dir}", "--device=cpu"],
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stdout.splitlines() if "tta auto: views none" in ln)
+    assert "shifted validation" in line and "without test-time views (+" in line
+    assert out.read_text().startswith("ID,target")
+
+
+def test_greedy_views_adds_a_view_only_when_it_helps():
+    from cvtrain.tta_auto import greedy_views
+
+    y = np.array([0, 1, 0, 1])
+    good = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]])
+    weak = np.array([[0.4, 0.6], [0.1, 0.9], [0.6, 0.4], [0.6, 0.4]])
+    views, f1, base = greedy_views({"none": weak, "rot90": good, "rot180": 1 - good}, y)
+    assert views == ["none", "rot90"] and f1 == 1.0 and base < 1.0

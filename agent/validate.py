@@ -20,7 +20,7 @@ DISTRIBUTIONS = ("constant", "categorical", "categorical_w_probabilities", "int_
 _RANGE_IS_VALUE = ("uniform", "int_uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values",
                    "inv_log_uniform_values")
 #: Settings naming a path: checked from where agents run (cvsweep create makes them absolute).
-PATH_SETTINGS = ("data_dir", "pretrained_path", "cache_dir")
+PATH_SETTINGS = ("data_dir", "pretrained_path", "pretrained_dir", "cache_dir")
 _CONTINUOUS = ("uniform", "log_uniform_values", "log_uniform", "inv_log_uniform_values", "normal", "log_normal",
                "beta", "q_normal", "q_log_normal", "q_log_uniform_values", "q_beta")
 
@@ -175,7 +175,7 @@ def trainer_checks(params: dict) -> list[str]:
 
 
 def path_problems(params: dict) -> list[str]:
-    """Path settings (data_dir, pretrained_path, cache_dir) that do not exist from here."""
+    """Path settings (data_dir, pretrained_path, pretrained_dir, cache_dir) that do not exist from here."""
     out = []
     for path, vals, _ in _values(params):
         if path in PATH_SETTINGS and path != "cache_dir":

@@ -18,7 +18,13 @@ bit-identical:
 - Gaussian pixel noise (std 3-15): one draw for the chosen samples, from a generator
   on the device seeded by the batch's draw;
 - JPEG damage (quality 20-59): only the chosen samples; torchvision's codec on CUDA
-  (nvjpeg), PIL on the CPU.
+  (nvjpeg), PIL on the CPU;
+- the document transforms, off unless their probability is set (cvtrain/transforms.py has
+  their strengths): rotation by any angle, perspective, brightness, contrast, gamma, shadow
+  and resolution loss, applied after the affine and before blur, by the ops of
+  :mod:`cvtrain.ops` (the one implementation; the shifted validation calls them too).
+  Their choices come from a second block of draws after the first, so turning them on
+  leaves every other operation's choices for a seed as they were.
 
 Strengths and meaning are those of the per-sample path (:func:`cvtrain.data.augment`,
 ``augment_on=cpu``), in the same order. Two details differ: the shift is a
@@ -27,30 +33,32 @@ noise is rounded rather than truncated to uint8.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .config import AugmentConfig
+from .ops import PAPER
+from .transforms import TRANSFORMS
 
 log = logging.getLogger(__name__)
 
-OPS = ("rotate", "flip", "affine", "blur", "noise", "jpeg")
+BASE_OPS = ("rotate", "flip", "affine", "blur", "noise", "jpeg")
+#: The document transforms (cvtrain/transforms.py), drawn in a second block of columns after the
+#: first: turning them on never moves the draws of the operations above for a given seed.
+DOC_OPS = tuple(t.name for t in TRANSFORMS)
+OPS = BASE_OPS + DOC_OPS
 MAX_ANGLE = 10.0            # degrees
 MAX_SHIFT = 0.05            # fraction of the side
 MAX_SCALE = 0.10            # scale in [0.9, 1.1]
 SIGMA = (0.3, 1.5)
-BLUR_TAPS = 5
 NOISE_STD = (3.0, 15.0)
 JPEG_QUALITY = (20, 60)     # int(uniform(20, 60)): 20..59, as the per-sample path draws it
-PAPER = 255                 # documents are white paper: the affine fills with it (data.PAD_FILL)
 _COLUMNS = 15               # uniforms per sample; a fixed layout, so one strength never shifts another's draws
+_DOC_COLUMNS = 22           # the second block: 7 coins, angle, 3 factors, 8 corner offsets, downscale, shadow (2)
 
 
 def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
@@ -70,6 +78,65 @@ def _splitmix64(z: int) -> int:
 
 
 @dataclass(frozen=True)
+class DocumentDraw:
+    """Per-sample choices of the document transforms (CPU tensors; row i is sample i)."""
+    chosen: dict                  # op name (DOC_OPS) -> bool (N,)
+    angle: torch.Tensor           # rotate_any: degrees in [-rotate_any_max, rotate_any_max]
+    brightness: torch.Tensor      # factor in [1 - brightness_max, 1 + brightness_max]
+    contrast: torch.Tensor        # factor in [1 - contrast_max, 1 + contrast_max]
+    gamma: torch.Tensor           # log-uniform in [1 / (1 + gamma_max), 1 + gamma_max]
+    offsets: torch.Tensor         # (N, 4, 2) perspective corner offsets (ops.perspective), each in [0, max/2]
+    downscale: torch.Tensor       # factor in [downscale_min, 1]
+    shadow: torch.Tensor          # strength in [0, shadow_max]
+    shadow_angle: torch.Tensor    # degrees in [0, 360)
+
+
+def draw_document(n: int, aug: AugmentConfig, generator: torch.Generator) -> DocumentDraw:
+    """The document transforms' choices: one (n, 22) block of uniforms in a fixed layout."""
+    u = torch.rand((n, _DOC_COLUMNS), generator=generator, dtype=torch.float64)
+    p = torch.tensor([getattr(aug, op) for op in DOC_OPS], dtype=torch.float64)
+    coin = u[:, :len(DOC_OPS)] < p
+
+    def between(col, lo: float, hi: float) -> torch.Tensor:
+        return (lo + (hi - lo) * u[:, col]).float()
+
+    log_g = torch.log1p(torch.tensor(aug.gamma_max, dtype=torch.float64))
+    return DocumentDraw(
+        chosen={op: coin[:, i] for i, op in enumerate(DOC_OPS)},
+        angle=between(7, -aug.rotate_any_max, aug.rotate_any_max),
+        brightness=between(8, 1 - aug.brightness_max, 1 + aug.brightness_max),
+        contrast=between(9, 1 - aug.contrast_max, 1 + aug.contrast_max),
+        gamma=torch.exp(log_g * (2 * u[:, 10] - 1)).float(),
+        offsets=(u[:, 11:19] * aug.perspective_max / 2).view(n, 4, 2).float(),
+        downscale=between(19, aug.downscale_min, 1.0),
+        shadow=between(20, 0.0, aug.shadow_max),
+        shadow_angle=between(21, 0.0, 360.0),
+    )
+
+
+#: The document transforms in the order they are applied (geometry, light, then resolution),
+#: each as a call of its op on the chosen samples.
+_DOC_APPLY = (
+    ("rotate_any", lambda x, d, i: ops.rotate_any(x, d.angle[i])),
+    ("perspective", lambda x, d, i: ops.perspective(x, d.offsets[i])),
+    ("brightness", lambda x, d, i: ops.brightness(x, d.brightness[i])),
+    ("contrast", lambda x, d, i: ops.contrast(x, d.contrast[i])),
+    ("gamma", lambda x, d, i: ops.gamma(x, d.gamma[i])),
+    ("shadow", lambda x, d, i: ops.shadow(x, d.shadow[i], d.shadow_angle[i])),
+    ("downscale", lambda x, d, i: ops.downscale(x, d.downscale[i])),
+)
+assert sorted(op for op, _ in _DOC_APPLY) == sorted(DOC_OPS)
+
+
+def apply_document(out: torch.Tensor, d: DocumentDraw) -> None:
+    """Apply the document transforms ``d`` chose to ``out`` (uint8 NCHW) in place."""
+    for op, call in _DOC_APPLY:
+        idx = _rows(d.chosen[op])
+        if idx is not None:
+            _put(out, idx, call(_take(out, idx), d, idx))
+
+
+@dataclass(frozen=True)
 class Draw:
     """Per-sample choices for one batch (CPU tensors; row i is sample i)."""
     quarter_turns: torch.Tensor   # int64 in {0, 1, 2, 3}; 0: not rotated
@@ -85,6 +152,7 @@ class Draw:
     jpeg: torch.Tensor            # bool
     quality: torch.Tensor         # int64 in [20, 59]
     noise_seed: int
+    doc: DocumentDraw
 
     def applied(self, op: str) -> torch.Tensor:
         """Which samples ``op`` (one of :data:`OPS`) changes."""
@@ -92,8 +160,10 @@ class Draw:
             return self.quarter_turns > 0
         if op == "flip":
             return self.flip > 0
-        if op in OPS:
+        if op in BASE_OPS:
             return getattr(self, op)
+        if op in DOC_OPS:
+            return self.doc.chosen[op]
         raise ValueError(f"unknown augmentation {op!r}; allowed: {', '.join(OPS)}")
 
 
@@ -101,8 +171,8 @@ def draw(n: int, aug: AugmentConfig, generator: torch.Generator) -> Draw:
     """Draw every choice for ``n`` samples from ``generator`` with the strengths in ``aug``."""
     u = torch.rand((n, _COLUMNS), generator=generator, dtype=torch.float64)
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    p = torch.tensor([getattr(aug, op) for op in OPS], dtype=torch.float64)
-    coin = u[:, :6] < p  # strength 0: never (u >= 0); strength 1: always (u < 1)
+    p = torch.tensor([getattr(aug, op) for op in BASE_OPS], dtype=torch.float64)
+    coin = u[:, :6] < p  # probability 0: never (u >= 0); probability 1: always (u < 1)
     zero = torch.zeros(n, dtype=torch.long)
     turns = (1 + (u[:, 6] * 3).long()).clamp_(max=3)
     axis = torch.where(u[:, 7] < 0.5, 1, 2)
@@ -124,6 +194,7 @@ def draw(n: int, aug: AugmentConfig, generator: torch.Generator) -> Draw:
         jpeg=coin[:, 5],
         quality=(JPEG_QUALITY[0] + (JPEG_QUALITY[1] - JPEG_QUALITY[0]) * u[:, 14]).long(),
         noise_seed=noise_seed,
+        doc=draw_document(n, aug, generator),  # drawn after the block above: its draws stay as they were
     )
 
 
@@ -158,19 +229,16 @@ def apply(x: torch.Tensor, d: Draw) -> torch.Tensor:
     if idx is not None:
         theta = affine_theta(d.angle[idx], d.shift[idx], d.scale[idx], h, w).to(out.device, non_blocking=True)
         _put(out, idx, sample_nearest(_take(out, idx), theta, fill=PAPER))
+    apply_document(out, d.doc)
     idx = _rows(d.blur)
     if idx is not None:
-        sub = _take(out, idx).float()
-        _put(out, idx, _to_uint8(_blur(sub, _on(d.sigma, idx, sub))))
+        _put(out, idx, ops.blur(_take(out, idx), d.sigma[idx]))
     idx = _rows(d.noise)
     if idx is not None:
-        sub = _take(out, idx).float()
-        gen = torch.Generator(device=sub.device).manual_seed(d.noise_seed)
-        noise = torch.randn(sub.shape, generator=gen, device=sub.device, dtype=sub.dtype)
-        _put(out, idx, _to_uint8(sub.addcmul_(noise, _on(d.noise_std, idx, sub).view(-1, 1, 1, 1))))
+        _put(out, idx, ops.noise(_take(out, idx), d.noise_std[idx], d.noise_seed))
     idx = _rows(d.jpeg)
     if idx is not None:
-        _put(out, idx, jpeg_batch(_take(out, idx), d.quality[idx].tolist()))
+        _put(out, idx, ops.jpeg(_take(out, idx), d.quality[idx]))
     return out
 
 
@@ -191,14 +259,6 @@ def _put(out: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
             out[i].copy_(values[k])
     else:
         out.index_copy_(0, idx.to(out.device, non_blocking=True), values)
-
-
-def _on(values: torch.Tensor, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values[idx].to(like.device, like.dtype, non_blocking=True)
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def affine_theta(angle: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -251,72 +311,3 @@ def _pixel_coefficients(row: torch.Tensor, w: int, h: int, size: int):
     b = row[:, 1] * size / h
     e = (row[:, 0] * (1 / w - 1) + row[:, 1] * (1 / h - 1) + row[:, 2] + 1) * size / 2 - 0.5 + 1
     return a, b, e
-
-
-def gaussian_kernels(sigma: torch.Tensor, taps: int = BLUR_TAPS) -> torch.Tensor:
-    """(N, taps) normalised 1-D Gaussian kernels, one per sigma (torchvision's gaussian_blur's)."""
-    t = torch.arange(taps, device=sigma.device, dtype=sigma.dtype) - (taps - 1) / 2
-    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
-    return k / k.sum(1, keepdim=True)
-
-
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = x.shape
-    k = gaussian_kernels(sigma).repeat_interleave(c, 0)  # one kernel per (sample, channel) group
-    pad = BLUR_TAPS // 2
-    y = F.pad(x.view(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
-    # The 5x5 Gaussian is separable: two grouped 1-D passes, 10 taps per pixel instead of 25.
-    with _native_cpu_conv(x.device):
-        y = F.conv2d(y, k.view(n * c, 1, 1, BLUR_TAPS), groups=n * c)
-        y = F.conv2d(y, k.view(n * c, 1, BLUR_TAPS, 1), groups=n * c)
-    return y.view(n, c, h, w)
-
-
-def _native_cpu_conv(device: torch.device):
-    # oneDNN runs this many-group, one-channel-per-group convolution ~2.5x slower than PyTorch's
-    # own kernel on a CPU. The switch is process-wide for the two calls; nothing else convolves
-    # meanwhile (the loader runs in the training thread).
-    if device.type != "cpu":
-        return contextlib.nullcontext()
-    return torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None)
-
-
-_cuda_codec_failed = False
-
-
-def jpeg_batch(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
-    """Re-compress each uint8 CHW image of ``x`` as JPEG at its quality; same device as ``x``."""
-    global _cuda_codec_failed
-    if x.device.type == "cuda" and not _cuda_codec_failed:
-        try:
-            return _jpeg_cuda(x, qualities)
-        except RuntimeError as exc:  # a torchvision build without nvjpeg: the PIL path still works
-            _cuda_codec_failed = True
-            log.warning("JPEG damage on the GPU failed (%s); falling back to PIL on the CPU", exc)
-    from PIL import Image
-
-    src = x.cpu()
-    out = torch.empty_like(src)
-    for i, q in enumerate(qualities):
-        buf = io.BytesIO()
-        Image.fromarray(src[i].permute(1, 2, 0).contiguous().numpy()).save(buf, "JPEG", quality=int(q))
-        buf.seek(0)
-        with Image.open(buf) as im:
-            out[i].copy_(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
-    return out.to(x.device, non_blocking=True)
-
-
-def _jpeg_cuda(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
-    from torchvision.io import decode_jpeg, encode_jpeg
-
-    encoded: list = [None] * len(qualities)
-    with warnings.catch_warnings():
-        # torchvision's codec is deprecated (0.29) in favour of torchcodec, yet it is the one that runs on the GPU.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for q in sorted(set(qualities)):  # encode_jpeg takes one quality per call
-            rows = [i for i, qi in enumerate(qualities) if qi == q]
-            for i, e in zip(rows, encode_jpeg([x[i].contiguous() for i in rows], quality=int(q))):
-                encoded[i] = e.cpu()
-        decoded = decode_jpeg(encoded, device=x.device)
-    return torch.stack(decoded)
-

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .config import KEEP_CHECKPOINTS
+from .norm import model_data_config
 
 
 @dataclass
@@ -56,7 +57,8 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
     """
     if weights_only:
         _write(path, {"model": model.state_dict(), "config": cfg.to_flat_dict(), "class_names": list(class_names),
-                      "format": 1, "state": _inference_state(state.__dict__), "weights_only": True})
+                      "format": 1, "state": _inference_state(state.__dict__), "weights_only": True,
+                      "data_config": model_data_config(model)})
         return
     obj = {
         "model": model.state_dict(),
@@ -68,6 +70,7 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
         "config": cfg.to_flat_dict(),
         "class_names": list(class_names),
         "format": 1,
+        "data_config": model_data_config(model),  # the normalisation inference must use (plain floats)
     }
     _write(path, obj)
 
@@ -103,7 +106,7 @@ def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args, best_weig
 
 
 #: What inference (predict, the leaderboard's best trial) reads from a checkpoint.
-INFERENCE_KEYS = ("model", "config", "class_names", "format")
+INFERENCE_KEYS = ("model", "config", "class_names", "format", "data_config")
 
 
 def retain(ckpt_dir: Path, keep: str) -> None:

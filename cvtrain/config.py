@@ -31,6 +31,7 @@ import yaml
 
 from .shift_profile import KEYS as VAL_SHIFT_KEYS
 from .shift_profile import ProfileError, check_profile, parse_value
+from . import transforms, weights
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion")
 SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "none")
@@ -85,13 +86,29 @@ class MixupConfig:
 
 @dataclass
 class AugmentConfig:
-    """Strengths in [0, 1] matching the documents' test set damage."""
+    """Probabilities in [0, 1] (and strengths) matching the documents' test set damage."""
     rotate: float = 0.5     # probability of a 90/180/270 degree rotation
     flip: float = 0.3       # probability of a horizontal or vertical flip
     affine: float = 0.3     # probability of a small affine (max 10 deg, 5% shift, 10% scale)
     blur: float = 0.1       # probability of a Gaussian blur
     noise: float = 0.1      # probability of Gaussian pixel noise
     jpeg: float = 0.1       # probability of JPEG re-compression damage (quality 20-60)
+    # The document transforms: a probability (off by default) and a strength each; units and
+    # ranges in cvtrain/transforms.py.
+    rotate_any: float = 0.0
+    rotate_any_max: float = 180.0   # degrees
+    brightness: float = 0.0
+    brightness_max: float = 0.3
+    contrast: float = 0.0
+    contrast_max: float = 0.3
+    gamma: float = 0.0
+    gamma_max: float = 0.5
+    perspective: float = 0.0
+    perspective_max: float = 0.3
+    downscale: float = 0.0
+    downscale_min: float = 0.5
+    shadow: float = 0.0
+    shadow_max: float = 0.5
 
 
 @dataclass
@@ -99,6 +116,7 @@ class ExperimentConfig:
     model_name: str = "resnet34"
     pretrained: bool = False
     pretrained_path: str | None = None
+    pretrained_dir: str | None = None   # a folder of weight files named after the timm model (cvtrain/weights.py)
     num_classes: int | None = None      # None: inferred from meta.csv or the data
     img_size: int = 224
     batch_size: int = 32
@@ -182,8 +200,10 @@ HELP = {
     "save_requirements": "save W&B's list of installed pip packages with each run (sweep workers turn it off)",
     # experiment
     "model_name": "timm model name (timm.list_models())",
-    "pretrained": "start from pretrained weights (the hub, or pretrained_path offline)",
+    "pretrained": "start from pretrained weights (pretrained_dir or pretrained_path offline, else the hub/HF cache)",
     "pretrained_path": "local weights file for pretrained=True on machines without internet",
+    "pretrained_dir": "folder of weight files named after the timm model (NAME.safetensors, NAME.pth or NAME/) for "
+                      "pretrained=True without the hub: each model of a sweep finds its own",
     "num_classes": "empty: inferred from meta.csv or the data",
     "img_size": "square input size in pixels",
     "batch_size": "batch size",
@@ -200,7 +220,7 @@ HELP = {
     "drop_rate": "classifier dropout",
     "grad_clip": "max gradient norm; empty: off",
     "mixup": "timm Mixup/CutMix as a dict, e.g. {'alpha': 0.2}; keys below",
-    "augment": "augmentation strengths in [0, 1] as a dict, e.g. {'rotate': 0.5}; keys below",
+    "augment": "augmentation probabilities and strengths as a dict, e.g. {'rotate': 0.5, 'rotate_any': 0.3}; keys below",
     "tta": "test-time views for predict: none, rot90, rot180, rot270, hflip, vflip",
     "val_shift": "a shifted validation set: a profile file (cvsweep shift -o FILE) or a dict of strengths, e.g. "
                  "{'rotate_any': 0.5, 'blur': 1.2}; keys rotate_any, brightness, contrast, downscale, blur, noise, "
@@ -258,6 +278,7 @@ HELP = {
     "augment.blur": "probability of a Gaussian blur",
     "augment.noise": "probability of Gaussian pixel noise",
     "augment.jpeg": "probability of JPEG re-compression damage (quality 20-60)",
+    **transforms.help_lines(),
 }
 
 
@@ -525,7 +546,7 @@ def file_layer(path: str | os.PathLike) -> dict[str, tuple[Any, str]]:
 #: Facts the trainer logs in a run's config beside its settings (engine's run extras). A W&B sweep
 #: that requeues a preempted run may hand the run's whole config back as its parameters: these
 #: are read back as what they are, facts, and ignored.
-RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val"})
+RUN_FACT_KEYS = frozenset({"env", "model", "class_names", "absent_classes", "n_train", "n_val", "data_config"})
 
 
 def sweep_layer(param_path: str | os.PathLike | None) -> dict[str, tuple[Any, str]]:
@@ -600,7 +621,8 @@ def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) 
         new = dataclasses.replace(current)
         for k, v in updates.items():
             if k not in NESTED_FIELDS[head]:
-                problems.append(f"{head}.{k}: unknown setting (from {source}); allowed: {', '.join(sorted(NESTED_FIELDS[head]))}")
+                problems.append(f"{head}.{k}: unknown setting (from {source}){close_matches(str(k), NESTED_FIELDS[head])}; "
+                                f"allowed: {', '.join(sorted(NESTED_FIELDS[head]))}")
                 continue
             try:
                 setattr(new, k, coerce(f"{head}.{k}", v, NESTED_FIELDS[head][k]))
@@ -681,9 +703,7 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("label_smoothing", "must be in [0, 1)")
     if e.grad_clip is not None and e.grad_clip <= 0:
         bad("grad_clip", "must be > 0 or empty")
-    for k, v in dataclasses.asdict(e.augment).items():
-        if not (0 <= v <= 1):
-            problems.append(f"augment.{k}={v!r} (from {cfg.sources.get('augment')}): must be in [0, 1]")
+    problems += transforms.check(dataclasses.asdict(e.augment), cfg.sources.get("augment"))
     m = e.mixup
     if m.alpha < 0 or m.cutmix_alpha < 0:
         problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): alphas must be >= 0")
@@ -706,6 +726,12 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("system_interval", "must be > 0 seconds")
     if e.pretrained_path and not Path(e.pretrained_path).is_file():
         bad("pretrained_path", "file does not exist")
+    if e.pretrained_dir and e.pretrained_path:
+        bad("pretrained_dir", "pretrained_path is set too: give one file or one folder")
+    elif e.pretrained_dir and not Path(e.pretrained_dir).is_dir():
+        bad("pretrained_dir", "folder does not exist")
+    elif e.pretrained and e.pretrained_dir:
+        problems += weights.problems(e.pretrained_dir, e.model_name, cfg.sources.get("pretrained_dir"))
     if check_model:
         problems += validate_model_name(cfg)
     return problems

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from . import augment as A
 from .config import AugmentConfig, DataConfig
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ def check_bad_images(bad: list[str], skip: bool) -> set[str]:
 # Augmentation (on uint8 CHW tensors, one seeded generator per sample)
 # ---------------------------------------------------------------------------
 def augment(img: torch.Tensor, aug: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Rotations, flips, small affine, blur, noise and JPEG damage with the given strengths."""
+    """Rotations, flips, small affine, the document transforms, blur, noise and JPEG damage."""
     from torchvision.transforms.v2 import functional as TF
 
     def coin(p: float) -> bool:
@@ -284,6 +285,11 @@ def augment(img: torch.Tensor, aug: AugmentConfig, g: torch.Generator) -> torch.
         h = img.shape[-1]
         img = TF.affine(img, angle=uniform(-10, 10), translate=[int(uniform(-0.05, 0.05) * h), int(uniform(-0.05, 0.05) * h)],
                         scale=uniform(0.9, 1.1), shear=[0.0, 0.0], fill=[PAD_FILL] * 3)
+    if any(getattr(aug, op) > 0 for op in A.DOC_OPS):
+        # The document transforms: the batched path's ops and draws, on a batch of one.
+        one = img.unsqueeze(0).clone(memory_format=torch.contiguous_format)
+        A.apply_document(one, A.draw_document(1, aug, g))
+        img = one[0]
     if coin(aug.blur):
         s = uniform(0.3, 1.5)
         img = TF.gaussian_blur(img, kernel_size=[5, 5], sigma=[s, s])

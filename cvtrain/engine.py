@@ -35,6 +35,7 @@ from .config import Config, ConfigError, validate_config
 from .loader import DeviceBatches, batch_loader
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
 from .model import build_model, model_stats
+from .norm import IMAGENET, model_data_config
 from .system import SystemMonitor, environment_info
 from .notices import say_once
 from .stop import EXIT_PREEMPTED, StopRequest
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 Reporter = Callable[[int, dict], Optional[str]]
 SUMMARY_KEYS = ("best_val_f1", "val_f1", "val_acc", "train_loss", "val_loss", "params_total",
                 "params_trainable", "flops", "epoch_time", "state")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -94,12 +93,14 @@ def select_device(name: str) -> torch.device:
 
 
 class Normalizer(nn.Module):
-    """uint8 NCHW batch -> normalised float on the device (cheaper than per-sample on the CPU)."""
+    """uint8 NCHW batch -> normalised float on the device (cheaper than per-sample on the CPU), with
+    the mean/std of ``data_config`` (:mod:`cvtrain.norm`; default ImageNet's)."""
 
-    def __init__(self, device, channels_last: bool):
+    def __init__(self, device, channels_last: bool, data_config: dict | None = None):
         super().__init__()
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        self.data_config = dict(data_config or IMAGENET)
+        self.mean = torch.tensor(self.data_config["mean"], device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(self.data_config["std"], device=device).view(1, 3, 1, 1) * 255
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,15 +365,16 @@ def _setup(cfg: Config, resume: str | None) -> Session:
     shifted = valshift.build(cfg, data.val_ds.images, data.index.labels, data.val_ds.indices, data.index.image_ids(),
                              device)
     return Session(cfg, device, out_dir, ckpt_dir, data, model, num_classes, stats, optimizer, scheduler, mixup,
-                   loss_fn, autocast, scaler, Normalizer(device, channels_last), state, resume_path,
-                   shifted_val=shifted)
+                   loss_fn, autocast, scaler, Normalizer(device, channels_last, model_data_config(model)), state,
+                   resume_path, shifted_val=shifted)
 
 
 def _run_extra(s: Session) -> dict:
     """What the run config carries beyond the settings: environment, model and data facts."""
     return {"env": environment_info(), "model": s.stats, "num_classes": s.num_classes,
             "class_names": s.data.index.class_names, "absent_classes": s.data.index.absent_classes(),
-            "n_train": len(s.data.train_ds), "n_val": len(s.data.val_ds), "output_dir": str(s.out_dir)}
+            "n_train": len(s.data.train_ds), "n_val": len(s.data.val_ds), "output_dir": str(s.out_dir),
+            "data_config": s.normalize.data_config}
 
 
 def _fit(s: Session, reporter: Reporter | None, stop_event) -> Outcome:
@@ -533,7 +535,8 @@ def _save_predictions(s: Session) -> None:
     e, d = s.cfg.experiment, s.cfg.data
     _, test_ids, probs = test_probs(s.model, root, e.img_size, d.resize, list(e.tta), s.device,
                                     test_dir=d.test_dir, sample_submission=d.sample_submission,
-                                    cache_dir=d.cache_dir, batch_size=e.batch_size * 2)
+                                    cache_dir=d.cache_dir, batch_size=e.batch_size * 2,
+                                    data_config=s.normalize.data_config)
     _write_probs(s.out_dir / "test_predictions.csv", ["ID"], [(i,) for i in test_ids], probs.numpy())
 
 

@@ -6,6 +6,7 @@ import logging
 import torch
 from torch import nn
 
+from . import weights
 from .config import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -16,12 +17,22 @@ class PretrainedWeightsError(RuntimeError):
 
 
 def build_model(exp: ExperimentConfig, num_classes: int) -> nn.Module:
-    """``timm.create_model``; pretrained weights from ``pretrained_path`` when given, else the hub."""
+    """``timm.create_model``; pretrained weights from ``pretrained_dir`` or ``pretrained_path`` when
+    given (offline), else the hub (or a pre-filled Hugging Face cache, as timm reads it)."""
     import timm
 
     kwargs = dict(num_classes=num_classes, drop_rate=exp.drop_rate)
     if not exp.pretrained:
         return timm.create_model(exp.model_name, pretrained=False, **kwargs)
+    if exp.pretrained_dir and not exp.pretrained_path:
+        model = timm.create_model(exp.model_name, pretrained=False, **kwargs)
+        try:
+            path = weights.find(exp.pretrained_dir, exp.model_name)
+            weights.load_into(model, path)
+        except weights.WeightsError as exc:
+            raise PretrainedWeightsError(str(exc)) from None
+        log.info("pretrained weights for %s from %s", exp.model_name, path)
+        return model
     if exp.pretrained_path:
         # timm adapts the classifier to num_classes when the file's head differs.
         return timm.create_model(exp.model_name, pretrained=True,
@@ -35,8 +46,9 @@ def build_model(exp: ExperimentConfig, num_classes: int) -> nn.Module:
             "With no network, fetch them on a machine that has one:\n"
             f"  python -c \"import timm, torch; m = timm.create_model('{exp.model_name}', pretrained=True); "
             f"torch.save(m.state_dict(), '{exp.model_name}.pth')\"\n"
-            f"copy the file here and pass --pretrained_path={exp.model_name}.pth "
-            "(or copy the Hugging Face cache, ~/.cache/huggingface), or train with --pretrained=False."
+            f"copy the file into a folder and pass --pretrained_dir=FOLDER (one NAME.pth or NAME.safetensors per "
+            "model), or copy the Hugging Face cache (~/.cache/huggingface) and set HF_HUB_OFFLINE=1, "
+            "or train with --pretrained=False."
         ) from None
 
 

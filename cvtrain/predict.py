@@ -13,6 +13,7 @@ from .config import ExperimentConfig, mapping_layer, resolve
 from .data import check_bad_images, load_or_build_cache, resolve_image
 from .engine import Normalizer, select_device
 from .model import build_model
+from .norm import describe, stored_data_config
 from .tta import stack_views
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,14 @@ def read_test_set(root: str | Path, test_dir: str = "test", sample_submission: s
 
 def test_probs(model, data_dir: str | Path, img_size: int, resize: str, views: list[str], device: torch.device,
                *, test_dir: str = "test", sample_submission: str = "sample_submission.csv",
-               cache_dir: str | None = None, batch_size: int = 64, progress: bool = False):
-    """(header, IDs, softmax probabilities averaged over ``views``) for the test set."""
+               cache_dir: str | None = None, batch_size: int = 64, progress: bool = False,
+               data_config: dict | None = None):
+    """(header, IDs, softmax probabilities averaged over ``views``) for the test set, normalised with
+    ``data_config``'s mean/std (:mod:`cvtrain.norm`; None: ImageNet's)."""
     fields, ids, paths = read_test_set(data_dir, test_dir, sample_submission)
     decoded = load_or_build_cache(paths, img_size, resize, cache_dir, progress=progress)
     check_bad_images(decoded.bad, skip=False)
-    return fields, ids, predict_probs(model, decoded.array, Normalizer(device, False), views, batch_size)
+    return fields, ids, predict_probs(model, decoded.array, Normalizer(device, False, data_config), views, batch_size)
 
 
 def write_submission(path: str | Path, fields: list[str], ids: list[str], preds) -> Path:
@@ -90,16 +93,19 @@ def predict_submission(checkpoint: str, data_dir: str, output: str = "submission
     """``tta="auto"``: the views that score best on the checkpoint's shifted validation set (``say`` hears which)."""
     dev = select_device(device)
     model, cfg, _ = load_for_inference(checkpoint, dev)
+    data_config = stored_data_config(ckpt.read(checkpoint, "cpu"), str(checkpoint))
+    log.info("normalisation: %s", describe(data_config))
     if tta == "auto":
         from .tta_auto import choose_tta
 
         if cache_dir:
             cfg.data.cache_dir = cache_dir
-        choice = choose_tta(model, cfg, dev, batch_size=batch_size)
+        choice = choose_tta(model, cfg, dev, batch_size=batch_size, data_config=data_config)
         (say or log.info)(choice.describe())
         tta = choice.views
     views = cfg.experiment.tta if tta is None or tta is True else (["none"] if tta is False else list(tta))
     fields, ids, probs = test_probs(model, data_dir, cfg.experiment.img_size, cfg.data.resize, views, dev,
                                     test_dir=test_dir, sample_submission=sample_submission,
-                                    cache_dir=cache_dir or cfg.data.cache_dir, batch_size=batch_size, progress=True)
+                                    cache_dir=cache_dir or cfg.data.cache_dir, batch_size=batch_size, progress=True,
+                                    data_config=data_config)
     return write_submission(output, fields, ids, probs.argmax(1).tolist())

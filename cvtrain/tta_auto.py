@@ -50,9 +50,10 @@ def validation_copies(cfg: Config, device: torch.device, profile: dict | None = 
 
 
 @torch.no_grad()
-def view_probs(model, x: torch.Tensor, views, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Softmax of every view on the uint8 batch ``x``, by view."""
-    normalize = Normalizer(x.device, False)
+def view_probs(model, x: torch.Tensor, views, batch_size: int = 64,
+               data_config: dict | None = None) -> dict[str, np.ndarray]:
+    """Softmax of every view on the uint8 batch ``x``, by view (``data_config``: the model's mean/std)."""
+    normalize = Normalizer(x.device, False, data_config)
     model.eval()
     out = {}
     for v in views:
@@ -81,9 +82,9 @@ def greedy_views(probs: dict[str, np.ndarray], y: np.ndarray) -> tuple[list[str]
     return chosen, best, base
 
 
-def choose_tta(model, cfg: Config, device: torch.device, profile: dict | None = None,
-               batch_size: int = 64) -> TTAChoice:
+def choose_tta(model, cfg: Config, device: torch.device, profile: dict | None = None, batch_size: int = 64,
+               data_config: dict | None = None) -> TTAChoice:
     """The views (of :data:`~cvtrain.tta.TTA_VIEWS`) to predict with, chosen on the shifted validation set."""
     x, y, what = validation_copies(cfg, device, profile)
-    views, f1, base = greedy_views(view_probs(model, x, TTA_VIEWS, batch_size), y.numpy())
+    views, f1, base = greedy_views(view_probs(model, x, TTA_VIEWS, batch_size, data_config), y.numpy())
     return TTAChoice(views, f1, base, what)

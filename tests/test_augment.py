@@ -1,4 +1,5 @@
 """The documents' augmentations, batched on the device: rates, meaning, determinism, a look."""
+import dataclasses
 import io
 import math
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from cvtrain import augment as A
+from cvtrain import ops
 from cvtrain.config import AugmentConfig
 from conftest import ROOT
 
@@ -161,7 +163,8 @@ def test_channels_last_input_gives_the_same_result():
 
 
 def test_a_grid_of_augmented_documents_is_written_for_a_look(demo_dir, cache_dir):
-    """test-artifacts/augment-grid.png: rows are documents; columns the original, each operation alone, the defaults."""
+    """test-artifacts/augment-grid.png: rows are documents; columns the original, each operation alone (the
+    document transforms at their default strengths), the defaults."""
     from cvtrain import data as D
     from cvtrain.config import DataConfig
 
@@ -175,4 +178,70 @@ def test_a_grid_of_augmented_documents_is_written_for_a_look(demo_dir, cache_dir
     out.parent.mkdir(exist_ok=True)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out)
     with Image.open(out) as im:
-        assert im.size == (128 * 8, 128 * 6)
+        assert im.size == (128 * (len(A.OPS) + 2), 128 * 6)
+
+
+DOC_STRONG = dict(rotate_any_max=180.0, brightness_max=0.5, contrast_max=0.5, gamma_max=1.0, perspective_max=0.6,
+                  downscale_min=0.3, shadow_max=0.9)
+
+
+@pytest.mark.parametrize("op,p", [("rotate_any", 0.3), ("brightness", 0.5), ("contrast", 0.2), ("gamma", 0.4),
+                                  ("perspective", 0.3), ("downscale", 0.25), ("shadow", 0.6), ("shadow", 0.0)])
+def test_each_document_transform_changes_its_share_of_samples_and_leaves_the_rest_bit_identical(op, p):
+    n = 400  # the geometric ops cost more per sample than the quarter turns
+    x = noise_images(n, 24)
+    aug = AugmentConfig(**{**NONE, **DOC_STRONG, op: p})
+    d = A.draw(n, aug, A.batch_generator(3, 0, 1))
+    out = A.apply(x, d)
+    chosen = d.applied(op)
+    changed = (out != x).flatten(1).any(1)
+    assert torch.equal(out[~chosen], x[~chosen]) and not (changed & ~chosen).any()
+    assert within_3_sigma(int(chosen.sum()), n, p), (int(chosen.sum()), n * p)
+    # A draw next to the identity (a factor of 1.01, a 1-degree turn) may round to no change at all.
+    assert int((chosen & ~changed).sum()) <= 0.1 * n * p + 1
+
+
+def test_document_transforms_are_drawn_after_the_first_block_so_existing_draws_stay_as_they_were():
+    base = AugmentConfig(rotate=0.5, flip=0.3, affine=0.3, blur=0.1, noise=0.1, jpeg=0.1)
+    every = AugmentConfig(**{**dataclasses.asdict(base), **{op: 0.3 for op in A.DOC_OPS}})
+    a, b = A.draw(300, base, A.batch_generator(4, 1, 2)), A.draw(300, every, A.batch_generator(4, 1, 2))
+    for op in A.BASE_OPS:
+        assert torch.equal(a.applied(op), b.applied(op)), op
+    for name in ("quarter_turns", "angle", "shift", "scale", "sigma", "noise_std", "quality"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.noise_seed == b.noise_seed
+    # The first block is the layout seeds had before the document transforms: 15 uniforms, then the noise seed.
+    g = A.batch_generator(4, 1, 2)
+    u = torch.rand((300, 15), generator=g, dtype=torch.float64)
+    assert torch.equal(a.applied("rotate"), u[:, 0] < 0.5) and a.noise_seed == int(torch.randint(0, 2**62, (1,), generator=g))
+    # Samples no document transform chose come out as the base configuration makes them.
+    x = noise_images(300, 24)
+    none = ~torch.stack([b.applied(op) for op in A.DOC_OPS]).any(0)
+    assert none.sum() > 0
+    assert torch.equal(A.apply(x, a)[none], A.apply(x, b)[none])
+
+
+def test_document_transforms_use_the_drawn_strengths_within_their_ranges():
+    aug = AugmentConfig(**{**NONE, "rotate_any_max": 30.0, "brightness_max": 0.2, "contrast_max": 0.4,
+                           "gamma_max": 1.0, "perspective_max": 0.5, "downscale_min": 0.6, "shadow_max": 0.7})
+    d = A.draw(2000, aug, A.batch_generator(0, 0, 0)).doc
+    for values, lo, hi in ((d.angle, -30, 30), (d.brightness, 0.8, 1.2), (d.contrast, 0.6, 1.4), (d.gamma, 0.5, 2.0),
+                           (d.offsets, 0, 0.25), (d.downscale, 0.6, 1.0), (d.shadow, 0, 0.7), (d.shadow_angle, 0, 360)):
+        assert lo <= values.min() and values.max() <= hi and values.max() - values.min() > 0.9 * (hi - lo)
+    # gamma is log-uniform: as often darker as lighter
+    assert within_3_sigma(int((d.gamma > 1).sum()), 2000, 0.5)
+    x = noise_images(8, 24)
+    d8 = A.draw(8, AugmentConfig(**{**NONE, "brightness": 1.0}), A.batch_generator(0, 0, 5))
+    assert torch.equal(A.apply(x, d8), ops.brightness(x, d8.doc.brightness))
+
+
+def test_the_per_sample_path_applies_the_document_transforms_with_the_same_ops():
+    from cvtrain import data as D
+
+    img = noise_images(1, 24)[0]
+    aug = AugmentConfig(**{**NONE, "rotate_any": 1.0, "shadow": 1.0})
+    out = D.augment(img, aug, torch.Generator().manual_seed(3))
+    assert torch.equal(out, D.augment(img, aug, torch.Generator().manual_seed(3)))
+    d = A.draw_document(1, aug, torch.Generator().manual_seed(3))
+    assert torch.equal(out, ops.shadow(ops.rotate_any(img[None], d.angle), d.shadow, d.shadow_angle)[0])
+    assert torch.equal(D.augment(img, AugmentConfig(**NONE), torch.Generator().manual_seed(3)), img)

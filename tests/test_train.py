@@ -217,7 +217,7 @@ def test_an_ended_runs_best_checkpoint_predicts_but_cannot_be_resumed(tiny, demo
     result = train(tiny(epochs=1))
     best = result.output_dir / "checkpoints" / "best.pt"
     obj = ckpt.read(best)
-    assert set(obj) == {"model", "config", "class_names", "format", "state", "weights_only"}
+    assert set(obj) == {"model", "config", "class_names", "format", "state", "weights_only", "data_config"}
     model, cfg, names = load_for_inference(best, torch.device("cpu"))
     assert len(names) == 17 and cfg.experiment.model_name == "test_resnet"
     with pytest.raises(ValueError, match="holds weights only .* keep_checkpoints=last or all"):

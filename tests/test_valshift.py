@@ -132,6 +132,11 @@ def test_a_local_sweep_on_best_val_shift_f1_validates_and_ranks_by_it(tmp_path, 
     assert all("best_val_f1" in r["also"] for r in board)
     runs = json.loads(cvsweep(["runs", sweep_id, "--format", "json"], state).stdout)
     assert all({"best_val_f1", "best_val_shift_f1"} <= set(r) for r in runs)
+    page = tmp_path / "report.html"
+    made = cvsweep(["report", sweep_id, "-o", str(page)], state)
+    assert made.returncode == 0, made.stderr
+    html = page.read_text()
+    assert 'id="shift-curves"' in html and 'id="clean-vs-shifted"' in html
 
 
 def test_predict_tta_auto_picks_views_on_the_shifted_validation_and_says_by_how_much(tiny, tmp_path):

@@ -69,6 +69,9 @@ def validate_sweep_config(cfg: dict) -> list[str]:
     if metric.get("name") and metric["name"] not in EPOCH_METRICS:
         out.append(f"metric.name: {metric['name']!r} is never logged by the trainer{close_matches(metric['name'], EPOCH_METRICS)}; "
                    f"logged per epoch: {', '.join(EPOCH_METRICS)}")
+    if str(metric.get("name", "")).startswith(("val_shift", "best_val_shift")) and "val_shift" not in params:
+        out.append(f"metric.name: {metric['name']!r} is logged only with val_shift on; add a val_shift parameter "
+                   "(a profile from `cvsweep shift DATA_DIR -o shift.yaml`, or a dict of strengths)")
     if method == "bayes" and params and all(_is_constant(p) for p in params.values() if isinstance(p, dict)):
         out.append("parameters: bayes needs at least one parameter that varies")
     for name, spec in params.items():

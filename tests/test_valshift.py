@@ -161,3 +161,16 @@ def test_greedy_views_adds_a_view_only_when_it_helps():
     weak = np.array([[0.4, 0.6], [0.1, 0.9], [0.6, 0.4], [0.6, 0.4]])
     views, f1, base = greedy_views({"none": weak, "rot90": good, "rot180": 1 - good}, y)
     assert views == ["none", "rot90"] and f1 == 1.0 and base < 1.0
+
+
+def test_a_sweep_ranked_by_the_shifted_metric_without_val_shift_is_a_violation(demo_dir, cache_dir):
+    from agent.validate import validate_sweep_config
+    from sweep_helpers import tiny_params
+
+    cfg = {"method": "random", "metric": {"name": "best_val_shift_f1", "goal": "maximize"},
+           "parameters": tiny_params(demo_dir, cache_dir)}
+    assert any("logged only with val_shift on" in p for p in validate_sweep_config(cfg))
+    cfg["parameters"]["val_shift"] = {"value": {"blur": 1.0}}
+    assert validate_sweep_config(cfg) == []
+    cfg["parameters"]["val_shift"] = {"value": {"blur": 99}}
+    assert any("val_shift.blur=99" in p for p in validate_sweep_config(cfg))

@@ -10,7 +10,8 @@ The profile (the recommended ``val_shift``) is fitted by simulation: the val_shi
 transforms are applied to the training sample with fixed per-image draws, and each
 strength is searched (bisection; every statistic is monotone in its strength) until
 the transformed training statistics match the test's: first the share of rotated
-images (from the not-upright shares and the detector's rate on rotated pages), then
+images (the excess of the test's not-upright share over the training's, divided by
+the detector's rate on turned pages, measured by turning the training sample), then
 brightness (mean), contrast (std), then blur (Laplacian variance) and noise
 (Immerkaer's estimate), alternating twice since each moves the other's statistic.
 JPEG quality and downscaling are not estimated (left off).
@@ -162,9 +163,13 @@ def fit_profile(x: torch.Tensor, sizes: np.ndarray, train: dict, test: dict) -> 
         return lambda v: float(np.mean(_stat(name, shifted({**p, key: v}))))
 
     p: dict[str, float] = {}
-    s_train, detect = upright_share({}), upright_share({"rotate_any": 1.0})
-    if detect > s_train + 0.05:
-        p["rotate_any"] = float(np.clip((test["not_upright_share"] - s_train) / (detect - s_train), 0, 1))
+    # The detector's rate on turned pages that read upright unturned, from the fit subset; the
+    # shares from the whole samples (a subset's share of dashboards is noisy).
+    s_sub, detect = upright_share({}), upright_share({"rotate_any": 1.0})
+    rate = (detect - s_sub) / max(1e-9, 1 - s_sub)
+    if rate > 0.05:
+        s_train = train["not_upright_share"]
+        p["rotate_any"] = float(np.clip((test["not_upright_share"] - s_train) / ((1 - s_train) * rate), 0, 1))
     p["brightness"] = _bisect(mean_of("brightness", p, "brightness"), 0.2, 5.0, test["brightness_mean"],
                               increasing=True, log=True)
     p["contrast"] = _bisect(mean_of("contrast", p, "contrast"), 0.2, 5.0, test["contrast_mean"],

@@ -162,6 +162,9 @@ def run_demo(s: Settings, data_dir: str = "data/demo", sweep_file: str | None = 
                                                else REPO_ROOT / "sweeps" / "demo.yaml")
     cfg = check_sweep_file(path)
     cfg.setdefault("parameters", {})["data_dir"] = {"value": str(Path(data_dir).resolve())}
+    profile = _demo_shift_report(data_dir, s, echo)
+    if "val_shift" not in cfg["parameters"] and profile:
+        cfg["parameters"]["val_shift"] = {"value": profile}
     store = local_store(s, create=True)
     sweep = LocalController(store).create_sweep(cfg)
     echo(f"local sweep {sweep.id} from {path} ({cfg['method']}, run_cap {cfg.get('run_cap')})")
@@ -180,6 +183,19 @@ def run_demo(s: Settings, data_dir: str = "data/demo", sweep_file: str | None = 
         echo(f"sweep report (open in a browser, works offline): {page}")
     echo(f"upload the runs later, with a W&B key and a network: cvsweep sync {sweep.id}")
     return code
+
+
+def _demo_shift_report(data_dir: str, s: Settings, echo: Echo) -> dict:
+    """`cvsweep shift` on the demo data, small and fast (64 px, 60 images a side): table and profile."""
+    from cvtrain.shift import measure_shift, shift_table
+
+    from .queries import format_table
+
+    result = measure_shift(data_dir, max_images=60, size=64, cache_dir=s.env.get("CVTRAIN_CACHE_DIR") or None)
+    result["train"].pop("per_class", None)
+    echo("\nthe test set's shift (`cvsweep shift " + str(data_dir) + "`):\n" + format_table(shift_table(result)))
+    echo(f"recommended val_shift: {json.dumps(result['test']['profile'])}\n")
+    return result["test"]["profile"]
 
 
 # ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from .settings import Settings, SettingsError, load_settings, unset_empty_wandb_
 def _user_errors():
     """(bad input -> exit 2, other problems -> exit 1): the library's exceptions the user can act on."""
     from cvtrain.config import ConfigError
+    from cvtrain.shift_profile import ProfileError, ShiftError
 
     from .access import AccessProblem, WandbUnreachable
     from .finalize import FinalizeError
@@ -36,7 +37,8 @@ def _user_errors():
     from .validate import SweepFileError
     from .wandb_backend import SweepPathError
 
-    return (SweepPathError, LaunchError, SettingsError, SweepFileError, ConfigError), \
+    return (SweepPathError, LaunchError, SettingsError, SweepFileError, ConfigError, ShiftError,
+            ProfileError), \
         (AccessProblem, StoreError, FinalizeError), WandbUnreachable
 
 
@@ -112,6 +114,35 @@ def demo_data(out_dir, per_class, test_per_class, seed):
 
     out = make_demo_data(out_dir, per_class=per_class, test_per_class=test_per_class, seed=seed)
     click.echo(f"wrote demo data to {out} ({17 * per_class} train, {17 * test_per_class} test images)")
+
+
+@cli.command()
+@click.argument("data_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="write the recommended val_shift profile (YAML) here")
+@click.option("--max-images", type=click.IntRange(1), default=200, show_default=True,
+              help="images sampled (seeded) from each of train and test")
+@click.option("--test-dir", default="test", show_default=True, help="folder of test images under DATA_DIR")
+@click.option("--size", type=click.IntRange(32), default=224, show_default=True,
+              help="side of the square the images are measured at (blur sigmas are scaled to 224 px)")
+@click.option("--seed", default=0, show_default=True)
+def shift(data_dir, fmt, output, max_images, test_dir, size, seed):
+    """Compare the training with the test images (no labels needed) and recommend a val_shift profile."""
+    from cvtrain.shift import measure_shift, shift_table
+    from cvtrain.shift_profile import dump
+
+    result = measure_shift(data_dir, max_images=max_images, seed=seed, size=size,
+                           cache_dir=settings().env.get("CVTRAIN_CACHE_DIR") or None, test_dir=test_dir)
+    if output:
+        with open(output, "w") as f:
+            f.write(dump(result["train"]["profile"]))
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(format_table(shift_table(result)))
+        click.echo(f"\nval_shift profile: {json.dumps(result['train']['profile'])}"
+                   + (f" (written to {output})" if output else ""))
 
 
 def load_valid_sweep(file) -> dict:
@@ -392,16 +423,31 @@ def runs(sweep_id, states, limit, latest, fmt, project, entity):
     if fmt == "json":
         click.echo(json.dumps([{"sweep": t.sweep_id, "run": t.name, "run_id": t.run_id, "state": state_name(t),
                                 "metric": t.metric, "stopped": t.stopped, "config": t.params, "error": t.error,
-                                "stop_reason": t.stop_reason} for t in rows], indent=2))
+                                "stop_reason": t.stop_reason, **_clean_and_shifted(t)} for t in rows], indent=2))
         return
     if not rows:
         click.echo("no trials" + (f" in state {', '.join(states)}" if states else ""), err=True)
         return
-    table = [("sweep", "run_id", "run", "state", "metric", "config", "reason")]
+    shifted = any("best_val_shift_f1" in _clean_and_shifted(t) for t in rows)
+    table = [("sweep", "run_id", "run", "state", "metric", *(("clean_f1", "shifted_f1") if shifted else ()), "config",
+              "reason")]
     table += [(t.sweep_id, t.run_id or "", t.name, state_name(t), f"{t.metric:.4f}" if t.metric is not None else "-",
+               *((_fmt(_clean_and_shifted(t).get("best_val_f1")), _fmt(_clean_and_shifted(t).get("best_val_shift_f1")))
+                 if shifted else ()),
                json.dumps(t.params, sort_keys=True), ((t.stop_reason if t.stopped else t.error) or "").split("\n")[0])
               for t in rows]
     click.echo(format_table(table))
+
+
+def _clean_and_shifted(t) -> dict:
+    """The trial's clean and shifted validation figures (best_val_f1, best_val_shift_f1) that it has."""
+    from .queries import is_finite_number
+
+    return {k: t.summary[k] for k in ("best_val_f1", "best_val_shift_f1") if is_finite_number(t.summary.get(k))}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 @cli.command("leaderboard")

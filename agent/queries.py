@@ -64,6 +64,10 @@ def is_finite_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+#: The figure shown beside the ranked one: clean and shifted validation side by side (val_shift).
+COMPANION = {"best_val_f1": "best_val_shift_f1", "best_val_shift_f1": "best_val_f1"}
+
+
 def leaderboard(store: RunStore, sweep_id: str, metric: str | None = None, top: int | None = None,
                 goal: str | None = None) -> list[dict]:
     """Trials with a finite metric, best first: rank, run, state, metric, config, and more."""
@@ -82,6 +86,9 @@ def leaderboard(store: RunStore, sweep_id: str, metric: str | None = None, top: 
         rows.append({"run": t.name, "state": t.state, "metric": float(value), "metric_name": metric,
                      "config": t.params, "stopped": t.stopped, "epochs": t.summary.get("epochs_completed"),
                      "run_id": t.run_id})
+        other = t.summary.get(COMPANION.get(metric, ""))
+        if is_finite_number(other):
+            rows[-1]["also"] = {COMPANION[metric]: float(other)}
     rows.sort(key=lambda r: r["metric"], reverse=goal.startswith("max"))
     for i, r in enumerate(rows, start=1):
         r["rank"] = i
@@ -128,17 +135,22 @@ def format_leaderboard(rows: list[dict], fmt: str = "table") -> str:
         return json.dumps(rows, indent=2, default=str)
     params = param_columns(rows) if fmt == "csv" else varying_columns(rows)
     metric_name = rows[0]["metric_name"] if rows else "metric"
-    header = ["rank", "run", "state", metric_name, *params]
+    also = [k for k in dict.fromkeys(k for r in rows for k in r.get("also", {}))]
+    header = ["rank", "run", "state", metric_name, *also, *params]
     states = ["stopped" if r["stopped"] else r["state"] for r in rows]
+
+    def beside(r: dict, fmt_value) -> list[str]:
+        return [fmt_value(r["also"][k]) if k in r.get("also", {}) else "" for k in also]
+
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(header)
-        w.writerows([[r["rank"], r["run"], st, repr(r["metric"]), *[_exact(r["config"].get(p)) for p in params]]
-                     for r, st in zip(rows, states)])
+        w.writerows([[r["rank"], r["run"], st, repr(r["metric"]), *beside(r, repr),
+                      *[_exact(r["config"].get(p)) for p in params]] for r, st in zip(rows, states)])
         return buf.getvalue().rstrip("\n")
-    body = [[str(r["rank"]), r["run"], st, f"{r['metric']:.4f}", *[format_cell(r["config"].get(p)) for p in params]]
-            for r, st in zip(rows, states)]
+    body = [[str(r["rank"]), r["run"], st, f"{r['metric']:.4f}", *beside(r, lambda v: f"{v:.4f}"),
+             *[format_cell(r["config"].get(p)) for p in params]] for r, st in zip(rows, states)]
     note = [STOPPED_NOTE] if "stopped" in states else []
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -18,6 +18,7 @@ import yaml
 
 from .queries import format_cell, is_finite_number, leaderboard, state_counts, varying_columns
 from .report_final import final_section, finalist_marks
+from .report_shift import clean_vs_shifted, has_shift, shift_curves
 from .store import RunStore, Sweep, Trial
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -264,6 +265,11 @@ def build_html(data: ReportData, top: int = 20) -> str:
         page.figure(_curves(data.curves, by_id, metric), "learning-curves")
     else:
         page.note("No per-epoch history recorded yet.")
+    if has_shift(data.curves):
+        page.add("<h2>Clean and shifted validation</h2><p class='muted'>val_shift: each validation image's "
+                 "test-like copy. A trial above the diagonal holds up under the shift.</p>")
+        page.figure(shift_curves(data.curves, by_id), "shift-curves")
+        page.figure(clean_vs_shifted(trials), "clean-vs-shifted")
 
     # -- importance ------------------------------------------------------------
     page.add("<h2>Parameter importance</h2>")

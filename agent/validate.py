@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from cvtrain.checks import input_size_problem
-from cvtrain.config import (CANDIDATE, NESTED_FIELDS, PARAM_KEYS, ConfigError, ExperimentConfig, check_model_name,
+from cvtrain.config import (CANDIDATE, NESTED_FIELDS, PARAM_KEYS, VAL_SHIFT_KEYS, ConfigError, ExperimentConfig,
+                            check_model_name,
                             close_matches, mapping_layer, resolve)
 from cvtrain.tracking import EPOCH_METRICS
 
@@ -70,6 +71,9 @@ def validate_sweep_config(cfg: dict) -> list[str]:
     if metric.get("name") and metric["name"] not in EPOCH_METRICS:
         out.append(f"metric.name: {metric['name']!r} is never logged by the trainer{close_matches(metric['name'], EPOCH_METRICS)}; "
                    f"logged per epoch: {', '.join(EPOCH_METRICS)}")
+    if str(metric.get("name", "")).startswith(("val_shift", "best_val_shift")) and "val_shift" not in params:
+        out.append(f"metric.name: {metric['name']!r} is logged only with val_shift on; add a val_shift parameter "
+                   "(a profile from `cvsweep shift DATA_DIR -o shift.yaml`, or a dict of strengths)")
     if method == "bayes" and params and all(_is_constant(p) for p in params.values() if isinstance(p, dict)):
         out.append("parameters: bayes needs at least one parameter that varies")
     for name, spec in params.items():
@@ -89,7 +93,7 @@ def _check_param(name: str, spec, method, known, top: bool, prefix: str = "") ->
     if not isinstance(spec, dict):
         return out + [f"parameters.{full}: must be a mapping such as {{values: [...]}} or {{min: .., max: ..}}"]
     if "parameters" in spec:
-        sub_known = list(NESTED_FIELDS.get(name, {}))
+        sub_known = list(NESTED_FIELDS.get(name, {})) or (list(VAL_SHIFT_KEYS) if name == "val_shift" else [])
         if top and name in known and not sub_known:
             out.append(f"parameters.{full}: {name!r} takes a single value, not nested parameters")
         for k, v in (spec["parameters"] or {}).items():

@@ -114,7 +114,9 @@ Writes a submission CSV in sample_submission.csv order from a checkpoint (best.p
   --output=FILE              default submission.csv
   --test_dir=DIR             test images under data_dir; default test
   --sample_submission=FILE   default sample_submission.csv
-  --tta=LIST                 test-time views, e.g. "['none', 'rot90']"; default: the checkpoint's tta
+  --tta=LIST                 test-time views, e.g. "['none', 'rot90']"; default: the checkpoint's tta;
+                             auto: the views that score best on the checkpoint's shifted validation set
+                             (its val_shift), said with the gain
   --batch_size=N             default 64
   --device=auto|cpu|cuda     default auto
   --cache_dir=DIR            decoded-image cache; default: the checkpoint's
@@ -216,7 +218,7 @@ def predict_main(argv: list[str]) -> int:
         kw = {k: parse_literal(v) if k in ("tta", "batch_size") else v for k, v in args.values.items()}
         if "checkpoint" not in kw or "data_dir" not in kw:
             raise UsageError("predict needs --checkpoint=PATH and --data_dir=DIR (holding test/ and sample_submission.csv)")
-        out = predict_submission(**kw)
+        out = predict_submission(**kw, say=lambda line: print(f"cvtrain predict: {line}"))
     except (UsageError, ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"cvtrain predict: {exc}", file=sys.stderr)
         return 2

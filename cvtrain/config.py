@@ -29,6 +29,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .shift_profile import KEYS as VAL_SHIFT_KEYS
+from .shift_profile import ProfileError, check_profile, parse_value
 from . import transforms, weights
 from .checks import input_size_problem
 
@@ -134,6 +136,8 @@ class ExperimentConfig:
     mixup: MixupConfig = field(default_factory=MixupConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta: list = field(default_factory=lambda: ["none", "rot90", "rot180", "rot270"])
+    val_shift: dict = field(default_factory=dict)   # test-like strengths (cvtrain.shift_profile); {}: off
+    val_shift_seed: int = 0
     seed: int = 42
     device: str = "auto"
     amp: bool | None = None     # None: on where the device supports it (CUDA)
@@ -221,6 +225,10 @@ HELP = {
     "mixup": "timm Mixup/CutMix as a dict, e.g. {'alpha': 0.2}; keys below",
     "augment": "augmentation probabilities and strengths as a dict, e.g. {'rotate': 0.5, 'rotate_any': 0.3}; keys below",
     "tta": "test-time views for predict: none, rot90, rot180, rot270, hflip, vflip",
+    "val_shift": "a shifted validation set: a profile file (cvsweep shift -o FILE) or a dict of strengths, e.g. "
+                 "{'rotate_any': 0.5, 'blur': 1.2}; keys rotate_any, brightness, contrast, downscale, blur, noise, "
+                 "jpeg (see cvtrain/shift_profile.py); empty: off. Logs val_shift_f1 and best_val_shift_f1",
+    "val_shift_seed": "seed of the shifted validation copies (with each image's ID)",
     "seed": "random seed",
     "device": "auto | cpu | cuda | cuda:N",
     "amp": "mixed precision; empty: on where the device supports it (CUDA), off on CPU",
@@ -347,6 +355,7 @@ def known_param_paths() -> list[str]:
     out = list(PARAM_KEYS) + [CANDIDATE]
     for n, sub in NESTED_FIELDS.items():
         out += [f"{n}.{k}" for k in sub]
+    out += [f"val_shift.{k}" for k in VAL_SHIFT_KEYS]
     return sorted(out)
 
 
@@ -603,6 +612,9 @@ def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) 
     if head in CONNECTION_FIELDS and source.startswith("sweep"):
         problems.append(f"{key}: cannot be set by a sweep")
         return
+    if head == "val_shift":
+        _apply_val_shift(cfg, sub, value, source, problems)
+        return
     group = getattr(cfg, FIELD_GROUP[head])
     if head in NESTED:
         current = getattr(group, head)
@@ -636,6 +648,21 @@ def _apply(cfg: Config, key: str, value: Any, source: str, problems: list[str]) 
         cfg.sources[head] = source
     except ValueError as exc:
         problems.append(f"{head}={_safe_repr(head, value)} (from {source}): {exc}")
+
+
+def _apply_val_shift(cfg: Config, sub: str, value: Any, source: str, problems: list[str]) -> None:
+    """A whole profile (file path, mapping or its text), or one strength by dotted key over the current one."""
+    try:
+        if sub:
+            value = parse_literal(value) if isinstance(value, str) else value
+            new = {**cfg.experiment.val_shift, **check_profile({sub: value}, source)}
+        else:
+            new = parse_value(value, source)
+    except ProfileError as exc:
+        problems.append(str(exc))
+        return
+    cfg.experiment.val_shift = new
+    cfg.sources["val_shift"] = source
 
 
 def _safe_repr(name: str, value: Any) -> str:

@@ -3,16 +3,20 @@
 Each class has a page template (header band, text blocks, tables, photo box,
 stamp, plate, dashboard dials); pairs of classes share most of their template
 so the task is not trivially separable. Every page is jittered (shift, scale,
-slight skew, brightness, clutter), and the test set is rotated, flipped and
-damaged like the competition's. Deterministic by seed.
+slight skew, brightness, clutter), and the test set is shifted like the
+competition's (:data:`TEST_SHIFT`: any-angle rotations for half the pages, other
+aspect ratios, brighter, blurrier, noisier). The test labels (``test_answers.csv``)
+and what the generator applied to each test image (``test_shift.json``) sit beside
+the competition files for scoring; training never reads them. Deterministic by seed.
 """
 from __future__ import annotations
 
 import csv
-import io
+import json
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 CLASS_NAMES = [
@@ -144,20 +148,37 @@ def _photograph(im: Image.Image, rng: random.Random) -> Image.Image:
     return canvas.point(lambda v: max(0, min(255, int(v * gain))))
 
 
-def _damage(im: Image.Image, rng: random.Random) -> Image.Image:
-    """What the test set does: rotations, flips, blur, noise, heavy JPEG."""
-    k = rng.choice([0, 0, 90, 180, 270])
-    if k:
-        im = im.rotate(k, expand=True)
-    if rng.random() < 0.3:
-        im = im.transpose(rng.choice([Image.FLIP_LEFT_RIGHT, Image.FLIP_TOP_BOTTOM]))
-    if rng.random() < 0.4:
-        im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
-    if rng.random() < 0.5:
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=rng.randint(10, 40))
-        im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    return im
+#: How the demo's test set is shifted, in val_shift terms (cvtrain.shift_profile): the share of
+#: pages turned by any angle, the brightness factor, the blur sigma (pixels of a 224-px image),
+#: the noise std; plus the share of pages photographed at another aspect ratio.
+TEST_SHIFT = {"rotate_any": 0.5, "brightness": 1.2, "blur": 1.0, "noise": 4.0}
+OTHER_ASPECT_SHARE = 0.3
+TEST_SHIFT_FILE = "test_shift.json"   # not part of the competition layout, like test_answers.csv
+
+
+def _damage(im: Image.Image, rng: random.Random) -> tuple[Image.Image, dict]:
+    """What the competition does to its test set: any-angle rotations for a share of the pages,
+    other aspect ratios, brighter, blurrier, a little noise. Returns the image and what was applied
+    (the per-image draws follow val_shift's: a strength times a factor uniform in [0.5, 1.5])."""
+    applied = {}
+    if rng.random() < OTHER_ASPECT_SHARE:
+        stretch = rng.uniform(1.1, 1.4)
+        im = im.resize((int(im.width * stretch), im.height), Image.BILINEAR)
+        applied["aspect_stretch"] = round(stretch, 4)
+    applied["angle"] = 0.0
+    if rng.random() < TEST_SHIFT["rotate_any"]:
+        applied["angle"] = round(rng.uniform(0, 360), 2)
+        im = im.rotate(applied["angle"], resample=Image.BILINEAR, expand=True, fillcolor=(255, 255, 255))
+    gain = 1 + (TEST_SHIFT["brightness"] - 1) * rng.uniform(0.5, 1.5)
+    im = im.point(lambda v: max(0, min(255, round(v * gain))))
+    # sigma in pixels of this image = sigma at 224 px scaled to the image's (geometric mean) side
+    sigma224 = TEST_SHIFT["blur"] * rng.uniform(0.5, 1.5)
+    im = im.filter(ImageFilter.GaussianBlur(sigma224 * (im.width * im.height) ** 0.5 / 224))
+    std = TEST_SHIFT["noise"] * rng.uniform(0.5, 1.5)
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, std, (im.height, im.width, 3))
+    im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) + noise, 0, 255).round().astype(np.uint8))
+    applied.update(brightness=round(gain, 4), blur=round(sigma224, 4), noise=round(std, 4))
+    return im, applied
 
 
 def make_demo_data(out_dir: str | Path, per_class: int = 12, test_per_class: int = 4, seed: int = 0,
@@ -187,11 +208,12 @@ def make_demo_data(out_dir: str | Path, per_class: int = 12, test_per_class: int
         w = csv.writer(f)
         w.writerow(["ID", "target"])
         w.writerows(rows)
-    test_rows, answers = [], []
+    test_rows, answers, applied = [], [], {}
     for cls in range(len(CLASS_NAMES)):
         for i in range(test_per_class):
             img_id = f"{rng.randrange(16**16):016x}.jpg"
-            _damage(_photograph(_page(cls, rng), rng), rng).save(out / "test" / img_id, "JPEG", quality=85)
+            im, applied[img_id] = _damage(_photograph(_page(cls, rng), rng), rng)
+            im.save(out / "test" / img_id, "JPEG", quality=90)
             test_rows.append((img_id, 0))
             answers.append((img_id, cls))
     order = sorted(range(len(test_rows)), key=lambda j: test_rows[j][0])
@@ -204,4 +226,7 @@ def make_demo_data(out_dir: str | Path, per_class: int = 12, test_per_class: int
         w = csv.writer(f)
         w.writerow(["ID", "target"])
         w.writerows(answers[j] for j in order)
+    # What the generator did to each test image, for measuring `cvsweep shift` against the truth.
+    (out / TEST_SHIFT_FILE).write_text(json.dumps({"profile": TEST_SHIFT, "applied": applied}, indent=1,
+                                                  sort_keys=True))
     return out

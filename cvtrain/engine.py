@@ -32,6 +32,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import data as D
+from . import valshift
 from .config import Config, ConfigError, validate_config
 from .loader import DeviceBatches, batch_loader
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
@@ -314,6 +315,8 @@ class Session:
     resumed_from: Optional[Path]
     run: object = None
     monitor: Optional[SystemMonitor] = None
+    shifted_val: Optional[valshift.ShiftedVal] = None   # val_shift's copies of the validation images
+    val_probs: Optional[np.ndarray] = None   # the last epoch's softmax on the validation images
 
     @property
     def log_fn(self):
@@ -384,9 +387,11 @@ def _setup(cfg: Config, resume: str | None) -> Session:
     if resume_path is not None:
         state = ckpt.load(resume_path, model, optimizer, scheduler, scaler, device, own_dir=ckpt_dir)
         log.info("resuming from %s after epoch %d", resume_path, state.epoch)
+    shifted = valshift.build(cfg, data.val_ds.images, data.index.labels, data.val_ds.indices, data.index.image_ids(),
+                             device)
     return Session(cfg, device, out_dir, ckpt_dir, data, model, num_classes, stats, optimizer, scheduler, mixup,
                    loss_fn, autocast, scaler, Normalizer(device, channels_last, model_data_config(model)), state,
-                   resume_path)
+                   resume_path, shifted_val=shifted)
 
 
 def check_test_set(cfg: Config) -> None:
@@ -465,8 +470,11 @@ def _run_epoch(s: Session, epoch: int, stop_event) -> dict | None:
     if improved:
         st.best_val_f1, st.best_epoch = val_m["val_f1"], epoch
         st.best_preds = (y_true.tolist(), y_pred.tolist())
-    metrics = {"epoch": epoch, **train_m, **val_m, "lr": lr, "epoch_time": time.perf_counter() - t0,
-               "best_val_f1": st.best_val_f1}
+    metrics = {"epoch": epoch, **train_m, **val_m, "lr": lr, "best_val_f1": st.best_val_f1}
+    if s.shifted_val is not None:
+        shift_m = valshift.shifted_metrics(evaluate(s.model, s.shifted_val, s.normalize, s.num_classes, s.autocast)[0])
+        metrics.update(shift_m, best_val_shift_f1=valshift.best_so_far(st.history, shift_m["val_shift_f1"]))
+    metrics["epoch_time"] = time.perf_counter() - t0
     st.epoch = epoch
     st.history.append(metrics)
     return metrics
@@ -487,8 +495,9 @@ def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
                     best_weights_only=ending and keep == "best")
     if s.log_fn is not None:
         s.log_fn(metrics)
-    log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f  (%.1fs)", epoch, e.epochs,
-             metrics["train_loss"], metrics["val_loss"], metrics["val_acc"], metrics["val_f1"], metrics["epoch_time"])
+    log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs)", epoch, e.epochs,
+             metrics["train_loss"], metrics["val_loss"], metrics["val_acc"], metrics["val_f1"],
+             f"  val_shift_f1 {metrics['val_shift_f1']:.4f}" if "val_shift_f1" in metrics else "", metrics["epoch_time"])
 
 
 def _end_failed(s: Session, exc: BaseException, held: Callable[[], bool] = lambda: True) -> None:
@@ -653,6 +662,8 @@ def _summary(state: ckpt.TrainState, stats: dict, result_state: str, reason, sys
         "reason": reason,
         **sys_peaks,
     })
+    if "val_shift_f1" in last:
+        out.update({k: last[k] for k in ("val_shift_f1", "val_shift_acc", "val_shift_loss", "best_val_shift_f1")})
     return out
 
 

@@ -116,11 +116,20 @@ def write_submission(path: str | Path, fields: list[str], ids: list[str], preds)
 
 def predict_submission(checkpoint: str, data_dir: str, output: str = "submission.csv", test_dir: str = "test",
                        sample_submission: str = "sample_submission.csv", tta=None, batch_size: int = 64,
-                       device: str = "auto", cache_dir: str | None = None) -> Path:
+                       device: str = "auto", cache_dir: str | None = None, say=None) -> Path:
+    """``tta="auto"``: the views that score best on the checkpoint's shifted validation set (``say`` hears which)."""
     dev = select_device(device)
     model, cfg, _ = load_for_inference(checkpoint, dev)
     data_config = stored_data_config(ckpt.read(checkpoint, "cpu"), str(checkpoint))
     log.info("normalisation: %s", describe(data_config))
+    if tta == "auto":
+        from .tta_auto import choose_tta
+
+        if cache_dir:
+            cfg.data.cache_dir = cache_dir
+        choice = choose_tta(model, cfg, dev, batch_size=batch_size, data_config=data_config)
+        (say or log.info)(choice.describe())
+        tta = choice.views
     views = cfg.experiment.tta if tta is None or tta is True else (["none"] if tta is False else list(tta))
     fields, ids, probs = test_probs(model, data_dir, cfg.experiment.img_size, cfg.data.resize, views, dev,
                                     test_dir=test_dir, sample_submission=sample_submission,

@@ -23,7 +23,9 @@ from .notices import say_once
 log = logging.getLogger(__name__)
 
 #: Logged once per epoch on the `epoch` axis; a sweep's metric must be one of these.
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "epoch_time", "best_val_f1")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "epoch_time", "best_val_f1",
+                 # with val_shift on (cvtrain.valshift): the same figures on the shifted validation copies
+                 "val_shift_loss", "val_shift_acc", "val_shift_f1", "best_val_shift_f1")
 
 
 # ---------------------------------------------------------------------------
@@ -214,6 +216,7 @@ def define_metrics(run) -> None:
     for name in EPOCH_METRICS:
         run.define_metric(name, step_metric="epoch")
     run.define_metric("val_f1", step_metric="epoch", summary="max,last")
+    run.define_metric("val_shift_f1", step_metric="epoch", summary="max,last")
     run.define_metric("val_acc", step_metric="epoch", summary="max,last")
     run.define_metric("val_loss", step_metric="epoch", summary="min,last")
     run.define_metric("sys/*", step_metric="sys/elapsed_s")

@@ -43,7 +43,8 @@ Targets (from the issues) and what each figure includes and excludes:
   >= 1.7x trials/hour; augment_batched_speedup >= 5 (CPU, one thread); data_path_cpu_ms_per_img
   <= 0.2 (both with the document transforms on at the documents sweep's middle); finalize (its own
   docstring); ``pretrained_gain`` (macro-F1 of the real pretrained Lite0 file minus from scratch,
-  same budget; its own docstring).
+  same budget; its own docstring); the shift section (``shift_rank_spearman_shifted`` /
+  ``_clean``, ``shift_profile_error``, ``val_shift_cost_ratio``): scripts/bench_shift.py's docstring.
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PY = sys.executable
+
+from bench_shift import bench_shift  # noqa: E402 - the shift section's own module, beside this script
 
 
 def emit(name: str, value) -> None:
@@ -716,7 +719,7 @@ def bench_pretrained(work: Path, epochs: int = 3) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="overhead,cache,fixed,claim,workers,sweep,finalize,augment,pretrained")
+    ap.add_argument("--only", default="overhead,cache,fixed,claim,workers,sweep,finalize,augment,pretrained,shift")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -735,7 +738,8 @@ def main() -> int:
         data = make_demo_data(work / "data", per_class=8, test_per_class=1, seed=5)
         sections = {"overhead": bench_overhead, "cache": bench_cache, "claim": bench_claim,
                     "fixed": lambda w: bench_fixed_cost(w, data), "workers": bench_workers, "sweep": bench_sweep,
-                    "finalize": bench_finalize, "augment": bench_augment, "pretrained": bench_pretrained}
+                    "finalize": bench_finalize, "augment": bench_augment, "pretrained": bench_pretrained,
+                    "shift": lambda w: bench_shift(w, emit, _create, env_for, _trials, PY)}
         if only - set(sections):
             ap.error(f"--only: unknown section(s) {', '.join(sorted(only - set(sections)))}; "
                      f"known: {', '.join(sections)}")

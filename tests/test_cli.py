@@ -34,14 +34,15 @@ def test_runs_lists_and_filters_trials(tmp_path, monkeypatch):
     sid = _sweep(tmp_path, monkeypatch)
     ctl = LocalController(SQLiteStore(tmp_path / "state"))
     a = ctl.claim(sid, "w").trial
-    ctl.finish(a.id, "finished", {"best_val_f1": 0.4}, owner=a.owner)
+    # the demo sweep ranks by the shifted validation; runs shows clean and shifted side by side
+    ctl.finish(a.id, "finished", {"best_val_shift_f1": 0.4, "best_val_f1": 0.45}, owner=a.owner)
     b = ctl.claim(sid, "w").trial
     ctl.finish(b.id, "failed", error="RuntimeError: out of memory", owner=b.owner)
     res = CliRunner().invoke(cli, ["runs", sid, "--state", "failed", "--format", "json"])
     rows = json.loads(res.output)
     assert [r["run"] for r in rows] == [b.name] and rows[0]["error"] == "RuntimeError: out of memory"
     text = CliRunner().invoke(cli, ["runs"]).output
-    assert a.name in text and b.name in text and "0.4000" in text
+    assert a.name in text and b.name in text and "0.4000" in text and "0.4500" in text
 
 
 def test_unknown_sweep_names_the_fix(tmp_path, monkeypatch):

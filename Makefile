@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install browser slurm clean
+.PHONY: demo test test-fast bench install browser slurm lint clean
 
 # The venv takes about 6 GB (torch's CUDA build, which also runs on the CPU) and about 2 minutes.
 $(STAMP): setup.cfg pyproject.toml
@@ -19,8 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/cvsweep demo
 
-test: $(STAMP) browser slurm
+test: $(STAMP) browser slurm lint
 	$(PY) -m pytest
+
+# pyflakes, import order and bugbear (configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # The report test opens the page in Debian's headless Chromium (no browser download). As root with
 # apt-get, `make test` installs Debian's chromium package (~300 MB) for it; otherwise that test skips.

@@ -69,7 +69,8 @@ class OpenSweep:
 
 def wandb_access(s: Settings, mode: str | None = None):
     """How wandb would reach W&B from here (environment, .env, ~/.netrc, wandb settings)."""
-    from cvtrain.tracking import AccessError, wandb_access as access
+    from cvtrain.tracking import AccessError
+    from cvtrain.tracking import wandb_access as access
 
     try:
         return access(mode if mode is not None else s.env.get("WANDB_MODE"), s.api_key, s.env.get("WANDB_BASE_URL"),

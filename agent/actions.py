@@ -34,8 +34,17 @@ def run_agents(s: Settings, sweep: OpenSweep, gpus: str = "all", gpus_per_trial:
     """
     from cvtrain.system import Visible, visible_gpus
 
-    from .launcher import (Launcher, allowed_cpus, build_specs, cpu_ranges, describe_visible, nvml_view, parse_gpus,
-                           plan_groups, plan_line)
+    from .launcher import (
+        Launcher,
+        allowed_cpus,
+        build_specs,
+        cpu_ranges,
+        describe_visible,
+        nvml_view,
+        parse_gpus,
+        plan_groups,
+        plan_line,
+    )
 
     inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
     cpus = allowed_cpus()

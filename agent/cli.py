@@ -326,7 +326,6 @@ def list_cmd(fmt):
     """Every local sweep, newest first: id, name, backend, state, trials by state, best, age."""
     from .access import local_store
     from .actions import format_age, sweep_table
-
     from .store import StoreError
 
     try:

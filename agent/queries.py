@@ -9,7 +9,6 @@ import re
 
 from .store import RunStore, Sweep, Trial
 
-
 #: The states a user names (``cvsweep runs --state``), each a plain word for what happened to a trial.
 STATE_NAMES = ("queued", "running", "finished", "stopped", "failed", "crashed", "preempted", "killed")
 

@@ -9,9 +9,18 @@ from pathlib import Path
 import yaml
 
 from cvtrain.checks import input_size_problem
-from cvtrain.config import (CANDIDATE, NESTED_FIELDS, PARAM_KEYS, VAL_SHIFT_KEYS, ConfigError, ExperimentConfig,
-                            check_model_name,
-                            close_matches, mapping_layer, resolve)
+from cvtrain.config import (
+    CANDIDATE,
+    NESTED_FIELDS,
+    PARAM_KEYS,
+    VAL_SHIFT_KEYS,
+    ConfigError,
+    ExperimentConfig,
+    check_model_name,
+    close_matches,
+    mapping_layer,
+    resolve,
+)
 from cvtrain.tracking import EPOCH_METRICS
 
 _NUMBER_LIKE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")

@@ -26,7 +26,6 @@ from typing import Callable, Mapping, Optional
 
 from .store import RunStore, Sweep, Trial
 
-
 DEFAULT_PROJECT = "cvsweep"
 
 

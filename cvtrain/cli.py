@@ -17,8 +17,19 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .config import (RUN_FACT_KEYS, Config, ConfigError, close_matches, env_layer, file_layer,
-                     known_param_paths, mapping_layer, merged_env, resolve, sweep_layer)
+from .config import (
+    RUN_FACT_KEYS,
+    Config,
+    ConfigError,
+    close_matches,
+    env_layer,
+    file_layer,
+    known_param_paths,
+    mapping_layer,
+    merged_env,
+    resolve,
+    sweep_layer,
+)
 from .split import split_seed_from_sweep_id
 
 CLI_ONLY = ("config", "resume", "env_file")

@@ -29,10 +29,10 @@ from typing import Any, Mapping
 
 import yaml
 
-from .shift_profile import KEYS as VAL_SHIFT_KEYS
-from .shift_profile import ProfileError, check_profile, parse_value
 from . import transforms, weights
 from .checks import input_size_problem
+from .shift_profile import KEYS as VAL_SHIFT_KEYS
+from .shift_profile import ProfileError, check_profile, parse_value
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadam", "radam", "rmsprop", "lamb", "lion")
 SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "none")

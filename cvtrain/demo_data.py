@@ -210,7 +210,7 @@ def make_demo_data(out_dir: str | Path, per_class: int = 12, test_per_class: int
         w.writerows(rows)
     test_rows, answers, applied = [], [], {}
     for cls in range(len(CLASS_NAMES)):
-        for i in range(test_per_class):
+        for _ in range(test_per_class):
             img_id = f"{rng.randrange(16**16):016x}.jpg"
             im, applied[img_id] = _damage(_photograph(_page(cls, rng), rng), rng)
             im.save(out / "test" / img_id, "JPEG", quality=90)

@@ -38,12 +38,11 @@ from .loader import DeviceBatches, batch_loader
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
 from .model import build_model, model_stats
 from .norm import IMAGENET, model_data_config
-from .system import SystemMonitor, environment_info
 from .notices import say_once
 from .split import split_record
 from .stop import EXIT_PREEMPTED, StopRequest
-from .tracking import (create_run_name, finish_run, in_wandb_sweep, init_wandb, mark_preempting,
-                       save_model_artifact)
+from .system import SystemMonitor, environment_info
+from .tracking import create_run_name, finish_run, in_wandb_sweep, init_wandb, mark_preempting, save_model_artifact
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,9 @@ def _macro_f1(pred_csv: Path, answers: dict[str, int]) -> float:
 
 
 def profile_error(data: Path, work: Path, emit) -> dict:
-    from cvtrain.demo_data import TEST_SHIFT_FILE
-    from cvtrain.shift import measure_shift, test_paths
     from cvtrain import shift_stats as S
-    from cvtrain.shift import _read
+    from cvtrain.demo_data import TEST_SHIFT_FILE
+    from cvtrain.shift import _read, measure_shift, test_paths
 
     result = measure_shift(data, max_images=200, cache_dir=str(work / "cache"))
     prof = result["test"]["profile"]

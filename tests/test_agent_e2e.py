@@ -11,7 +11,6 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-
 from conftest import PY, ROOT, SECRET, assert_secret_absent
 from sweep_helpers import cvsweep, cvsweep_env, db_rows, grid12, tiny_params, wait_for
 

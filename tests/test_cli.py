@@ -2,11 +2,11 @@
 import json
 
 from click.testing import CliRunner
+from conftest import ROOT
 
 from agent.cli import cli
 from agent.controller import LocalController
 from agent.store import SQLiteStore
-from conftest import ROOT
 
 
 def _sweep(tmp_path, monkeypatch):

@@ -1,10 +1,10 @@
 import dataclasses
 
 import pytest
+from conftest import SECRET
 
 from cvtrain.cli import UsageError, build_config, parse_argv
 from cvtrain.config import Config, ConfigError, MixupConfig, mapping_layer, resolve, validate_config
-from conftest import SECRET
 
 
 def test_defaults_sit_in_one_place():
@@ -97,8 +97,9 @@ def test_unknown_cli_option_names_it_and_the_known_ones():
 
 
 def test_env_template_documents_every_variable():
-    from cvtrain.config import ENV_PREFIX, KNOWN_KEYS, WANDB_ENV
     from conftest import ROOT
+
+    from cvtrain.config import ENV_PREFIX, KNOWN_KEYS, WANDB_ENV
 
     text = (ROOT / ".env.template").read_text()
     for name in KNOWN_KEYS:

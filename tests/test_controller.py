@@ -438,7 +438,7 @@ def test_cutting_other_histories_to_a_runs_length_leaves_its_hyperband_decision_
         hist = {f"r{i}": [rng.random() for _ in range(rng.randint(0, 20))] for i in range(30)}
         running = {n for n in hist if rng.random() < 0.3}
 
-        def runs(depth=None):
+        def runs(depth=None, hist=hist, running=running):
             return [sweeps.SweepRun(name=n, state="running" if n in running else "finished",
                                     history=[{"m": v} for v in h[:depth]]) for n, h in hist.items()]
 

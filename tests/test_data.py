@@ -4,11 +4,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import PY
 
 from cvtrain import data as D
 from cvtrain.config import DataConfig
 from cvtrain.demo_data import CLASS_NAMES, make_demo_data
-from conftest import PY
 
 
 def test_demo_data_has_the_competition_layout_and_is_deterministic(tmp_path):

@@ -7,9 +7,9 @@ import subprocess
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import PY, ROOT
 
 from agent.cli import cli
-from conftest import PY, ROOT
 
 
 def _sweep_file(tmp_path, params, method="random"):

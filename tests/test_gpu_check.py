@@ -4,9 +4,9 @@ import subprocess
 import time
 
 import pytest
+from conftest import PY, ROOT
 
 from agent.launcher import nvml_view
-from conftest import PY, ROOT
 
 
 @pytest.mark.parametrize("hide", [True, False], ids=["cuda-visible-devices-empty", "no-driver"])

@@ -6,14 +6,25 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
-from agent.cli import cli
-from agent.launcher import (LaunchError, Launcher, WorkerSpec, allowed_cpus, build_specs, cpu_shares, nvml_view,
-                            parse_gpus, plan_groups, plan_line, worker_env)
 from conftest import PY, ROOT, SECRET
-from cvtrain.system import Visible, visible_gpus
 from nvml_fake import MIXED8, Machine, no_driver, uuid
 from sweep_helpers import cvsweep, db_rows
+
+from agent.cli import cli
+from agent.launcher import (
+    Launcher,
+    LaunchError,
+    WorkerSpec,
+    allowed_cpus,
+    build_specs,
+    cpu_shares,
+    nvml_view,
+    parse_gpus,
+    plan_groups,
+    plan_line,
+    worker_env,
+)
+from cvtrain.system import Visible, visible_gpus
 
 
 @pytest.fixture

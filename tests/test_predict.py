@@ -5,11 +5,11 @@ import subprocess
 
 import pytest
 import torch
+from conftest import PY, ROOT
 
 from cvtrain import checkpoint as ckpt
 from cvtrain.engine import train
 from cvtrain.predict import load_for_inference, predict_submission
-from conftest import PY, ROOT
 
 
 def test_submission_follows_sample_submission_order_and_shape(tiny, demo_dir, tmp_path):

@@ -8,13 +8,13 @@ import time
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import ROOT
+from sweep_helpers import tiny_params
 
 from agent.cli import cli
 from agent.controller import LocalController
 from agent.report import build_html, collect, param_importance, write_report
 from agent.store import SQLiteStore, Trial
-from conftest import ROOT
-from sweep_helpers import tiny_params
 
 ARTIFACTS = ROOT / "test-artifacts"
 

@@ -1,13 +1,15 @@
+import dataclasses
+
 """cvsweep's settings: resolved once (environment over .env over defaults); the key stays out of os.environ."""
 import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT, SECRET
 
 from agent.cli import cli
 from agent.settings import DEFAULT_LEASE_SECONDS, Settings, SettingsError, load_settings
-from conftest import ROOT, SECRET
 
 
 def test_env_file_values_are_read_and_the_environment_wins(tmp_path):
@@ -70,5 +72,5 @@ def test_cli_says_what_is_wrong_with_a_setting(tmp_path):
 
 def test_settings_are_frozen():
     s = Settings(Path("x"), 60.0)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.lease_seconds = 1

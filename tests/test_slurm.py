@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from sweep_helpers import cvsweep, db_rows, tiny_params, wait_for
 

@@ -3,10 +3,10 @@ import csv
 
 import pytest
 import yaml
+from sweep_helpers import cvsweep, db_rows, tiny_params
 
 from agent.store import seed_from_id
 from cvtrain.cli import ParsedArgs, build_config
-from sweep_helpers import cvsweep, db_rows, tiny_params
 
 
 def _val_ids(out_dir):

@@ -4,12 +4,12 @@ import threading
 import pytest
 import yaml
 from click.testing import CliRunner
+from sweep_helpers import tiny_params
 
 from agent.cli import cli
 from agent.controller import path_safe
 from agent.settings import load_settings
 from agent.worker import local_worker_loop
-from sweep_helpers import tiny_params
 
 
 def test_a_name_becomes_one_directory_name():

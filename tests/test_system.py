@@ -5,10 +5,10 @@ import time
 import psutil
 import pynvml
 import pytest
+from nvml_fake import MIXED8, Machine, no_driver, uuid
 
 from agent.launcher import build_specs, nvml_view, parse_gpus, plan_groups
 from cvtrain.system import SystemMonitor, sample, visible_gpus, visible_handles
-from nvml_fake import MIXED8, Machine, no_driver, uuid
 
 
 @pytest.fixture

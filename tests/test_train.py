@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PY, ROOT, SECRET, assert_secret_absent
 
 from cvtrain import checkpoint as ckpt
 from cvtrain.engine import NonFiniteLossError, train
-from conftest import PY, ROOT, SECRET, assert_secret_absent
 
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "epoch", "epoch_time", "best_val_f1")
 SUMMARY_KEYS = ("best_val_f1", "val_f1", "val_acc", "train_loss", "val_loss", "params_total", "params_trainable",

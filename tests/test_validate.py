@@ -3,10 +3,10 @@ import subprocess
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import PY, ROOT
 
 from agent.cli import cli
 from agent.validate import import_sweeps, validate_sweep_config
-from conftest import PY, ROOT
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 

@@ -5,12 +5,12 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import PY, ROOT
 
 from cvtrain import valshift as V
 from cvtrain.config import ConfigError, mapping_layer, resolve
 from cvtrain.engine import train
 from cvtrain.shift_profile import dump
-from conftest import PY, ROOT
 
 PROFILE = {"rotate_any": 0.5, "brightness": 1.2, "blur": 1.0, "noise": 4.0, "jpeg": 60}
 
@@ -111,7 +111,6 @@ def test_cli_bad_val_shift_exits_2_with_one_line(demo_dir, tmp_path):
 
 def test_a_local_sweep_on_best_val_shift_f1_validates_and_ranks_by_it(tmp_path, demo_dir, cache_dir):
     import yaml
-
     from sweep_helpers import cvsweep, tiny_params
 
     cfg = {"name": "shifted", "method": "grid", "metric": {"name": "best_val_shift_f1", "goal": "maximize"},
@@ -164,8 +163,9 @@ def test_greedy_views_adds_a_view_only_when_it_helps():
 
 
 def test_a_sweep_ranked_by_the_shifted_metric_without_val_shift_is_a_violation(demo_dir, cache_dir):
-    from agent.validate import validate_sweep_config
     from sweep_helpers import tiny_params
+
+    from agent.validate import validate_sweep_config
 
     cfg = {"method": "random", "metric": {"name": "best_val_shift_f1", "goal": "maximize"},
            "parameters": tiny_params(demo_dir, cache_dir)}

@@ -5,8 +5,8 @@ wandb's own readers do the work (its Settings, its netrc reader); these tests pi
 import logging
 
 import pytest
-
 from conftest import SECRET
+
 from cvtrain.tracking import AccessError, WandbAccess, create_run_name, wandb_access, warn_offline_in_sweep
 
 KEY = "k" * 40

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import PY, ROOT
 
 pytestmark = pytest.mark.slow
@@ -196,7 +195,6 @@ def test_a_cluster_sigterm_under_wandb_agent_preempts_the_trial_for_requeue(
     """SIGTERM from anyone but the agent (a scheduler, `kill`) is a preemption: checkpoint kept,
     run marked preempting and ended non-zero, which is how W&B knows to requeue it."""
     import psutil
-
     from wandb_server import agent_cli
 
     server = wandb_server

@@ -5,10 +5,10 @@ Live tests at the bottom run only with WANDB_API_KEY and CVSWEEP_LIVE_TESTS=1.
 
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT
 
 from agent.cli import cli
-from agent.wandb_backend import SweepPath, SweepPathError, parse_sweep_path, sweep_path_from_env, summary_run_id
-from conftest import ROOT
+from agent.wandb_backend import SweepPath, SweepPathError, parse_sweep_path, summary_run_id, sweep_path_from_env
 
 
 def test_sweep_paths_are_read_as_wandb_agent_reads_them():

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import yaml
-
 from conftest import PY, ROOT
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.skipif(

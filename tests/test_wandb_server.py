@@ -538,7 +538,6 @@ def test_cancel_from_the_cli_stops_the_running_trial_and_the_agent_exits(wandb_s
 
     from click.testing import CliRunner
     from wandb.cli.cli import cli
-
     from wandb_server import agent_cli
 
     sweep_id = cli_sweep(wandb_server, tmp_path, monkeypatch, steps=600)

@@ -2,11 +2,9 @@
 life, so nothing of the trial (its Session, model, loaders and their worker processes) may hang
 from what the worker hands it."""
 import gc
-import os
 
 import psutil
 import pytest
-
 from conftest import ROOT  # noqa: F401 - the repository root on sys.path for the workers
 
 pytestmark = pytest.mark.slow

@@ -4,9 +4,9 @@ import socket
 
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT, SECRET
 
 from agent.cli import cli
-from conftest import ROOT, SECRET
 
 
 @pytest.fixture

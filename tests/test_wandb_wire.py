@@ -8,9 +8,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT
 
 from agent.cli import cli
-from conftest import ROOT
 
 METRIC = {"name": "best_val_f1", "goal": "maximize"}
 SWEEP = {"name": "docs", "method": "bayes", "metric": METRIC,

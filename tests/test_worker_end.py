@@ -4,11 +4,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from sweep_helpers import tiny_params
 
 from agent.controller import LocalController
 from agent.store import SQLiteStore
 from agent.worker import run_trial
-from sweep_helpers import tiny_params
 
 pytestmark = pytest.mark.slow  # trains a small model
 

@@ -115,8 +115,8 @@ import os
 import re
 import secrets
 import string
-import threading
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -1092,6 +1092,19 @@ def _run_field(run: RunRecord, key: str) -> Any:
     return None
 
 
+_FILTER_OPS = {
+    "$in": lambda value, arg: value in arg if not isinstance(value, list) else bool(set(value) & set(arg)),
+    "$nin": lambda value, arg: value not in arg,
+    "$ne": lambda value, arg: value != arg,
+    "$eq": lambda value, arg: value == arg,
+    "$gt": lambda value, arg: value is not None and value > arg,
+    "$gte": lambda value, arg: value is not None and value >= arg,
+    "$lt": lambda value, arg: value is not None and value < arg,
+    "$lte": lambda value, arg: value is not None and value <= arg,
+    "$exists": lambda value, arg: (value is not None) == bool(arg),
+}
+
+
 def _match(run: RunRecord, filters: dict) -> bool:
     for key, cond in (filters or {}).items():
         if key == "$and":
@@ -1104,16 +1117,10 @@ def _match(run: RunRecord, filters: dict) -> bool:
             value = _run_field(run, key)
             if isinstance(cond, dict):
                 for op, arg in cond.items():
-                    ok = {"$in": lambda: value in arg if not isinstance(value, list) else bool(set(value) & set(arg)),
-                          "$nin": lambda: value not in arg, "$ne": lambda: value != arg, "$eq": lambda: value == arg,
-                          "$gt": lambda: value is not None and value > arg,
-                          "$gte": lambda: value is not None and value >= arg,
-                          "$lt": lambda: value is not None and value < arg,
-                          "$lte": lambda: value is not None and value <= arg,
-                          "$exists": lambda: (value is not None) == bool(arg)}.get(op)
+                    ok = _FILTER_OPS.get(op)
                     if ok is None:
                         raise GraphQLError(f"runs filter: operator {op} not supported by the stand-in server")
-                    if not ok():
+                    if not ok(value, arg):
                         return False
             elif value != cond:
                 return False

@@ -37,7 +37,7 @@ def test_validate_runs_the_trainers_checks_on_every_listed_value_and_range_end(t
     out = res.output
     assert "parameters.learning_rate.max=20.0: learning_rate=20.0 (from sweep): must be > 0 and < 10" in out
     assert "parameters.optimizer.values[1]='adamm': optimizer='adamm'" in out and "did you mean adam" in out
-    assert "parameters.augment.rotate.values[1]=1.5: augment.rotate=1.5 (from sweep): must be in [0, 1]" in out
+    assert "parameters.augment.rotate.values[1]=1.5: augment.rotate=1.5 (from sweep): a probability, must be in [0, 1]" in out
     assert "parameters.epochs.values[1]=0: epochs=0 (from sweep): must be >= 1" in out
     assert "Traceback" not in out
 

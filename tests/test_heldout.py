@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from cvtrain import checkpoint as ckpt
 from cvtrain import data as D
 from cvtrain.engine import Normalizer, train
 from cvtrain.metrics import macro_f1
+from cvtrain.norm import stored_data_config
 from cvtrain.predict import load_for_inference, predict_probs
 
 VIEWS = ["none", "rot180"]
@@ -22,7 +24,8 @@ def read(path):
 
 def probs_of(checkpoint, images, views):
     model, _, _ = load_for_inference(checkpoint, torch.device("cpu"))
-    return predict_probs(model, images, Normalizer(torch.device("cpu"), False), views, 64).numpy()
+    dc = stored_data_config(ckpt.read(checkpoint, "cpu"), str(checkpoint))  # the backbone's own mean/std
+    return predict_probs(model, images, Normalizer(torch.device("cpu"), False, dc), views, 64).numpy()
 
 
 @pytest.fixture

@@ -17,19 +17,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .config import (
-    RUN_FACT_KEYS,
-    Config,
-    ConfigError,
-    close_matches,
-    env_layer,
-    file_layer,
-    known_param_paths,
-    mapping_layer,
-    merged_env,
-    resolve,
-    sweep_layer,
-)
+from .checks import close_matches
+from .coerce import parse_literal
+from .config import RUN_FACT_KEYS, Config, ConfigError, known_param_paths, mapping_layer, resolve
+from .config_help import settings_help
+from .layers import env_layer, file_layer, merged_env, sweep_layer
 from .split import split_seed_from_sweep_id
 
 CLI_ONLY = ("config", "resume", "env_file")
@@ -145,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     if argv and argv[0] in HELP_FLAGS:
-        from .config import settings_help
-
         print(__doc__.split("\n\n")[0].replace("``", "") + "\n\n" + USAGE + "\nSettings (type, default, meaning):\n" + settings_help())
         return 0
     if argv and argv[0] == "predict":
@@ -223,7 +213,6 @@ def predict_main(argv: list[str]) -> int:
     setup_logging()
     try:
         args = parse_argv(argv, known=list(PREDICT_OPTIONS), cli_only=())
-        from .config import parse_literal
         from .predict import predict_submission
 
         kw = {k: parse_literal(v) if k in ("tta", "batch_size") else v for k, v in args.values.items()}

@@ -33,7 +33,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import data as D
 from . import valshift
-from .config import Config, ConfigError, validate_config
+from .config import Config, ConfigError
 from .loader import DeviceBatches, batch_loader
 from .metrics import confusion, epoch_metrics, per_class_report, save_confusion_png
 from .model import build_model, model_stats
@@ -43,6 +43,7 @@ from .split import split_record
 from .stop import EXIT_PREEMPTED, StopRequest
 from .system import SystemMonitor, environment_info
 from .tracking import create_run_name, finish_run, in_wandb_sweep, init_wandb, mark_preempting, save_model_artifact
+from .validation import validate_config
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import Config, ConfigError
+from .layers import merged_env
 from .notices import say_once
 
 log = logging.getLogger(__name__)
@@ -290,8 +291,6 @@ def record_failed_run(reason: str, environ: Mapping[str, str] | None = None) -> 
     start it (wandb takes id, project and parameters from the agent) only to record why it failed.
     Returns the run id, or None when W&B is not reachable as configured."""
     import wandb
-
-    from .config import merged_env
 
     environ = merged_env(os.environ if environ is None else environ)  # .env's key, mode and server too
     try:

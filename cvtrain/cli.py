@@ -168,7 +168,7 @@ def _main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - one clear line for every known failure, traceback otherwise
         from .checkpoint import UnsafeCheckpointError
         from .data import DataError
-        from .engine import NonFiniteLossError
+        from .epoch import NonFiniteLossError
         from .model import PretrainedWeightsError
 
         if isinstance(exc, (DataError, PretrainedWeightsError, FileNotFoundError, UnsafeCheckpointError)):

@@ -11,9 +11,9 @@ import torch
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, mapping_layer, resolve
 from .data import DataError, check_bad_images, check_ids, load_or_build_cache, resolve_image
-from .engine import Normalizer, select_device
+from .device import select_device
 from .model import build_model
-from .norm import describe, stored_data_config
+from .norm import Normalizer, describe, stored_data_config
 from .notices import say_once
 from .tta import stack_views
 

@@ -135,16 +135,16 @@ def test_config_errors_come_before_torch_loads_and_leave_nothing_behind(tmp_path
 def test_amp_defaults_to_what_the_device_supports_and_a_forced_amp_on_cpu_is_said_once(tiny, caplog):
     import logging
 
-    from cvtrain import engine, notices
+    from cvtrain import notices, optim
 
-    caplog.set_level(logging.INFO, logger="cvtrain.engine")
+    caplog.set_level(logging.INFO, logger="cvtrain.optim")
     assert tiny().experiment.amp is None
     import torch
 
-    assert engine.amp_context(tiny(), torch.device("cpu"))[1] is None
+    assert optim.amp_context(tiny(), torch.device("cpu"))[1] is None
     notices._SAID.clear()
     for _ in range(3):
-        engine.amp_context(tiny(amp=True), torch.device("cpu"))
+        optim.amp_context(tiny(amp=True), torch.device("cpu"))
     said = [r for r in caplog.records if "amp=True has no effect on cpu" in r.getMessage()]
     assert len(said) == 1
 

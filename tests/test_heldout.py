@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from cvtrain import data as D
-from cvtrain.engine import Normalizer, train
+from cvtrain.engine import train
 from cvtrain.metrics import macro_f1
+from cvtrain.norm import Normalizer
 from cvtrain.predict import load_for_inference, predict_probs
 
 VIEWS = ["none", "rot180"]

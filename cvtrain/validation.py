@@ -38,7 +38,23 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         v = cfg.get(name) if value is None else value
         problems.append(f"{name}={safe_repr(name, v)} (from {cfg.sources.get(name, 'default')}): {allowed}")
 
-    e, d, w, lg = cfg.experiment, cfg.data, cfg.wandb, cfg.logging
+    _check_choices(cfg, bad)
+    _check_numbers(cfg, bad)
+    problems += transforms.check(dataclasses.asdict(cfg.experiment.augment), cfg.sources.get("augment"))
+    problems += _check_mixup(cfg, bad)
+    for v in cfg.experiment.tta:
+        if v not in TTA_VIEWS:
+            bad("tta", f"unknown view {v!r}; allowed: {', '.join(TTA_VIEWS)}")
+    _check_data(cfg, bad)
+    problems += _check_pretrained(cfg, bad)
+    if check_model:
+        problems += validate_model_name(cfg)
+    return problems
+
+
+def _check_choices(cfg: Config, bad) -> None:
+    """Settings that take one of a list of words."""
+    e, d, w = cfg.experiment, cfg.data, cfg.wandb
     if w.mode is not None and w.mode not in WANDB_MODES:
         bad("mode", f"allowed: {', '.join(WANDB_MODES)}")
     if e.optimizer.lower() not in OPTIMIZERS:
@@ -55,6 +71,11 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("keep_checkpoints", f"allowed: {', '.join(KEEP_CHECKPOINTS)}{close_matches(cfg.paths.keep_checkpoints, KEEP_CHECKPOINTS)}")
     if d.augment_on not in AUGMENT_ON:
         bad("augment_on", f"allowed: {', '.join(AUGMENT_ON)}{close_matches(d.augment_on, AUGMENT_ON)}")
+
+
+def _check_numbers(cfg: Config, bad) -> None:
+    """The training numbers' ranges."""
+    e = cfg.experiment
     for name, lo in (("img_size", 16), ("batch_size", 1), ("epochs", 1), ("log_interval", 1)):
         if cfg.get(name) < lo:
             bad(name, f"must be >= {lo}")
@@ -71,8 +92,11 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("label_smoothing", "must be in [0, 1)")
     if e.grad_clip is not None and e.grad_clip <= 0:
         bad("grad_clip", "must be > 0 or empty")
-    problems += transforms.check(dataclasses.asdict(e.augment), cfg.sources.get("augment"))
-    m = e.mixup
+
+
+def _check_mixup(cfg: Config, bad) -> list[str]:
+    e, m = cfg.experiment, cfg.experiment.mixup
+    problems = []
     if m.alpha < 0 or m.cutmix_alpha < 0:
         problems.append(f"mixup={dataclasses.asdict(m)} (from {cfg.sources.get('mixup')}): alphas must be >= 0")
     if not (0 <= m.prob <= 1 and 0 <= m.switch_prob <= 1):
@@ -81,9 +105,12 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("batch_size", f"must be even with mixup/cutmix (mixup={dataclasses.asdict(m)} from "
                           f"{cfg.sources.get('mixup')} pairs each image with another of its batch); "
                           f"use {e.batch_size + 1}" + (f" or {e.batch_size - 1}" if e.batch_size > 1 else ""))
-    for v in e.tta:
-        if v not in TTA_VIEWS:
-            bad("tta", f"unknown view {v!r}; allowed: {', '.join(TTA_VIEWS)}")
+    return problems
+
+
+def _check_data(cfg: Config, bad) -> None:
+    """The split, the loader and the monitor."""
+    d = cfg.data
     if not (0 < d.val_fraction < 1) and d.folds <= 1:
         bad("val_fraction", "must be in (0, 1)")
     if not (0 <= d.holdout < 0.5):
@@ -94,8 +121,13 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
         bad("fold", f"must be in [0, {d.folds - 1}] for folds={d.folds}")
     if d.num_workers < 0:
         bad("num_workers", "must be >= 0")
-    if lg.system_interval <= 0:
+    if cfg.logging.system_interval <= 0:
         bad("system_interval", "must be > 0 seconds")
+
+
+def _check_pretrained(cfg: Config, bad) -> list[str]:
+    """One file or one folder of pretrained weights, that exists (and holds the model's, when used)."""
+    e = cfg.experiment
     if e.pretrained_path and not Path(e.pretrained_path).is_file():
         bad("pretrained_path", "file does not exist")
     if e.pretrained_dir and e.pretrained_path:
@@ -103,10 +135,8 @@ def validate_config(cfg: Config, check_model: bool = True) -> list[str]:
     elif e.pretrained_dir and not Path(e.pretrained_dir).is_dir():
         bad("pretrained_dir", "folder does not exist")
     elif e.pretrained and e.pretrained_dir:
-        problems += weights.problems(e.pretrained_dir, e.model_name, cfg.sources.get("pretrained_dir"))
-    if check_model:
-        problems += validate_model_name(cfg)
-    return problems
+        return weights.problems(e.pretrained_dir, e.model_name, cfg.sources.get("pretrained_dir"))
+    return []
 
 
 def validate_model_name(cfg: Config) -> list[str]:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from tqdm.auto import tqdm
 
 from .config import AugmentConfig, DataConfig
 from .sample_augment import augment
@@ -160,8 +162,6 @@ def split_indices(labels: list[int], cfg: DataConfig, seed: int) -> tuple[np.nda
     at least 2 images (:func:`folds_stratified`); a class with fewer images than folds is
     spread over as many folds as it has images, and named in a warning.
     """
-    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
-
     seed = seed if cfg.split_seed is None else cfg.split_seed
     pool, _ = holdout_indices(labels, cfg)
     y = np.asarray(labels)[pool]
@@ -201,7 +201,6 @@ def small_classes(labels, folds: int) -> dict[int, int]:
 def holdout_indices(labels, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """(the rest, the holdout): a stratified ``cfg.holdout`` slice seeded by ``cfg.holdout_seed`` alone,
     so every trial of a sweep leaves out the same images whatever its seed or folds."""
-    from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
     if cfg.holdout <= 0:
@@ -276,8 +275,6 @@ def load_or_build_cache(paths: list[str], size: int, resize: str, cache_dir: str
 
 
 def _build_cache(paths, size, resize, npy: Path, meta: Path, progress: bool, workers: int | None) -> None:
-    from tqdm.auto import tqdm
-
     tmp = npy.with_name(npy.stem + f".tmp{os.getpid()}.npy")
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
     bad: list[str] = []
@@ -328,7 +325,6 @@ class CachedImageDataset(torch.utils.data.Dataset):
     the device (``aug=None``). With ``aug`` set (``augment_on=cpu``), each sample is augmented
     here, one at a time, with its own generator seeded by (seed, epoch, image).
     """
-
     def __init__(self, images: np.ndarray, labels, indices, aug: AugmentConfig | None = None, seed: int = 0):
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from dotenv import dotenv_values
 
 from .config import ENV_PREFIX, GROUPS, KNOWN_KEYS, RUN_FACT_KEYS, WANDB_ENV, ConfigError
 
@@ -27,8 +28,6 @@ def read_env_file(path: str | os.PathLike | None = ".env") -> dict[str, str]:
     """Read a dotenv file without touching os.environ."""
     if path is None or not Path(path).is_file():
         return {}
-    from dotenv import dotenv_values
-
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 

@@ -2,7 +2,8 @@
 
 The trainer knows nothing about sweeps. ``train`` reads as its recipe: set up
 (device, data, model, optimisation, resume), start the W&B run, fit epoch by
-epoch, end (final reports, artifacts, summary). A reporter, when given, is
+epoch (:mod:`cvtrain.epoch`), end (final reports, artifacts, summary: :mod:`cvtrain.outputs`).
+A reporter, when given, is
 called after every epoch with that epoch's metrics and may answer ``"stop"``
 (the sweep ends the run early: finished, with its real metric and its best
 checkpoint), ``"preempt"`` or ``"lost"``. A :class:`~cvtrain.stop.StopRequest`

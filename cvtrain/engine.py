@@ -3,10 +3,9 @@
 The trainer knows nothing about sweeps. ``train`` reads as its recipe: set up
 (device, data, model, optimisation, resume), start the W&B run, fit epoch by
 epoch (:mod:`cvtrain.epoch`), end (final reports, artifacts, summary: :mod:`cvtrain.outputs`).
-A reporter, when given, is
-called after every epoch with that epoch's metrics and may answer ``"stop"``
-(the sweep ends the run early: finished, with its real metric and its best
-checkpoint), ``"preempt"`` or ``"lost"``. A :class:`~cvtrain.stop.StopRequest`
+A reporter, when given, is called after every epoch with that epoch's metrics
+and may answer ``"stop"`` (the sweep ends the run early: finished, with its real
+metric and its best checkpoint), ``"preempt"`` or ``"lost"``. A :class:`~cvtrain.stop.StopRequest`
 set from another thread or a signal handler ends the run at the next batch the
 same ways; ``last.pt`` of the last whole epoch is what ``--resume`` continues from.
 """

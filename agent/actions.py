@@ -32,7 +32,7 @@ def run_agents(s: Settings, sweep: OpenSweep, gpus: str = "all", gpus_per_trial:
 
     Raises :class:`~agent.launcher.LaunchError` for a plan that cannot be (bad --gpus, say).
     """
-    from cvtrain.system import Visible, visible_gpus
+    from cvtrain.gpus import Visible, visible_gpus
 
     from .launcher import (
         Launcher,

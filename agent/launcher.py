@@ -3,7 +3,7 @@ is a pure function (tested without spawning); supervising them is a short loop.
 
 Which GPUs: those this process may use (``CUDA_VISIBLE_DEVICES`` as SLURM or a
 container runtime set it, else every GPU NVML sees), resolved by
-:func:`cvtrain.system.visible_gpus` — the same function the worker's system metrics
+:func:`cvtrain.gpus.visible_gpus` — the same function the worker's system metrics
 use, so ``gpu/0`` is the card ``cuda:0`` trains on. Which cores: those in this
 process's affinity (``os.sched_getaffinity``), split among the workers.
 """
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 
-from cvtrain.system import Gpu, Visible, nvml_gpus, nvml_or_none
+from cvtrain.gpus import Gpu, Visible, nvml_gpus, nvml_or_none
 
 MAX_RESTARTS = 5
 MAX_LOADER_WORKERS = 8  # more rarely helps with the decoded-image cache, and each costs memory

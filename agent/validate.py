@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from cvtrain.checks import input_size_problem
+from cvtrain.checks import check_model_name, close_matches, input_size_problem
 from cvtrain.config import (
     CANDIDATE,
     NESTED_FIELDS,
@@ -16,8 +16,6 @@ from cvtrain.config import (
     VAL_SHIFT_KEYS,
     ConfigError,
     ExperimentConfig,
-    check_model_name,
-    close_matches,
     mapping_layer,
     resolve,
 )

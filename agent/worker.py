@@ -23,7 +23,8 @@ import sys
 import threading
 import traceback
 
-from cvtrain.config import ConfigError, env_layer, mapping_layer, merged_env, resolve
+from cvtrain.config import ConfigError, mapping_layer, resolve
+from cvtrain.layers import env_layer, merged_env
 from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 
 from .controller import LocalController

@@ -1,5 +1,6 @@
 """cvtrain: the fully instrumented timm trainer every cvsweep trial runs."""
-from .config import Config, ConfigError, validate_config
+from .config import Config, ConfigError
+from .validation import validate_config
 
 __all__ = ["Config", "ConfigError", "validate_config", "train", "TrainResult"]
 

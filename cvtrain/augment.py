@@ -26,7 +26,7 @@ bit-identical:
   Their choices come from a second block of draws after the first, so turning them on
   leaves every other operation's choices for a seed as they were.
 
-Strengths and meaning are those of the per-sample path (:func:`cvtrain.data.augment`,
+Strengths and meaning are those of the per-sample path (:func:`cvtrain.sample_augment.augment`,
 ``augment_on=cpu``), in the same order. Two details differ: the shift is a
 fraction of a pixel finer (the per-sample path truncates it to whole pixels), and
 noise is rounded rather than truncated to uint8.

@@ -27,8 +27,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .config import KEEP_CHECKPOINTS
 from .norm import model_data_config
+from .validation import KEEP_CHECKPOINTS
 
 
 @dataclass

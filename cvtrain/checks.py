@@ -1,4 +1,4 @@
-"""Checks that need timm's facts about a model: the one input size some architectures take.
+"""Checks that need timm's facts about a model: its name, and the one input size some architectures take.
 
 ViT, DeiT, Swin, BEiT, LeViT, MaxViT and the like are built for one image size (their
 position embeddings and attention windows are sized for it; the trainer does not ask timm
@@ -8,14 +8,14 @@ version, as the model names are, so a check costs no torch import after the firs
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 
 def _cache_path(cache_dir: str | os.PathLike | None) -> Path:
-    from importlib.metadata import version
-
     base = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cvtrain"
     return base / f"timm-{version('timm')}-fixed-input-sizes.json"
 
@@ -71,3 +71,40 @@ def _variant_hint(model_name: str, fixed: int, size: int | None) -> str:
         return ""
     variant = base.replace(str(fixed), str(size))
     return f", or its {size}-px variant {variant}" if fixed_input_sizes().get(variant) == size else ""
+
+
+def close_matches(name: str, candidates, n: int = 3) -> str:
+    m = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+    return f" (did you mean {', '.join(m)}?)" if m else ""
+
+
+def timm_model_names(cache_dir: str | os.PathLike | None = None) -> set[str]:
+    """timm's model names, from a cache file per timm version: checking a name then costs no torch import."""
+    base = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME")
+                                                  or Path.home() / ".cache") / "cvtrain"
+    path = base / f"timm-{version('timm')}-models.json"
+    try:
+        return set(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
+    # Deliberately lazy: timm imports torch; the cache above answers without it.
+    import timm
+
+    names = sorted(timm.list_models())
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(names))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: the next check imports timm again, nothing worse
+    return set(names)
+
+
+def check_model_name(name: str, source: str | None = None) -> list[str]:
+    """[] for a timm model name (a pretrained tag after a dot is allowed), else one problem with close matches."""
+    names = timm_model_names()
+    if name.split(".")[0] in names:
+        return []
+    hint = close_matches(name, names, n=5)
+    return [f"model_name={name!r} (from {source}): not a timm model{hint}; see timm.list_models()"]

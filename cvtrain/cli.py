@@ -17,20 +17,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .config import (
-    RUN_FACT_KEYS,
-    Config,
-    ConfigError,
-    close_matches,
-    env_layer,
-    file_layer,
-    known_param_paths,
-    mapping_layer,
-    merged_env,
-    resolve,
-    sweep_layer,
-)
+from .checks import close_matches
+from .coerce import parse_literal
+from .config import RUN_FACT_KEYS, Config, ConfigError, known_param_paths, mapping_layer, resolve
+from .config_help import settings_help
+from .layers import env_layer, file_layer, merged_env, sweep_layer
 from .split import split_seed_from_sweep_id
+from .stop import SignalWatch, StopRequest
+from .tracking import failed_before_run, in_wandb_sweep, record_failed_run
 
 CLI_ONLY = ("config", "resume", "env_file")
 PREDICT_OPTIONS = ("checkpoint", "data_dir", "output", "test_dir", "sample_submission", "tta", "batch_size",
@@ -145,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     if argv and argv[0] in HELP_FLAGS:
-        from .config import settings_help
-
         print(__doc__.split("\n\n")[0].replace("``", "") + "\n\n" + USAGE + "\nSettings (type, default, meaning):\n" + settings_help())
         return 0
     if argv and argv[0] == "predict":
@@ -155,8 +147,6 @@ def _main(argv: list[str]) -> int:
             return 0
         return predict_main(argv[1:])
     setup_logging()
-    from .stop import SignalWatch, StopRequest
-    from .tracking import in_wandb_sweep
 
     # SIGTERM/SIGINT end the run cleanly at the next batch. Under `wandb agent`, a SIGTERM from the
     # agent is the sweep stopping the run (stopped, exit 0); any other is a preemption (last.pt of the
@@ -167,7 +157,7 @@ def _main(argv: list[str]) -> int:
     try:
         args = parse_argv(argv)
         cfg = build_config(args)
-        from .engine import train
+        from .engine import train  # lazy: torch and timm load only once the settings are good
 
         # A requeued (preempted) sweep trial comes back with the same run id, so the same output dir.
         result = train(cfg, resume=args.resume or ("auto" if sweep else None), stop_event=stop)
@@ -176,9 +166,10 @@ def _main(argv: list[str]) -> int:
         _record_failure(exc, sweep)
         return 2
     except Exception as exc:  # noqa: BLE001 - one clear line for every known failure, traceback otherwise
+        # lazy: these modules import torch; a bad setting or --help answers without it
         from .checkpoint import UnsafeCheckpointError
         from .data import DataError
-        from .engine import NonFiniteLossError
+        from .epoch import NonFiniteLossError
         from .model import PretrainedWeightsError
 
         if isinstance(exc, (DataError, PretrainedWeightsError, FileNotFoundError, UnsafeCheckpointError)):
@@ -209,8 +200,6 @@ def _record_failure(exc: BaseException, sweep: bool) -> None:
     """Under a W&B sweep, a trial that fails before its run starts still tells W&B why."""
     if not sweep:
         return
-    from .tracking import failed_before_run, record_failed_run
-
     if isinstance(exc, UsageError) or failed_before_run(exc):
         try:
             record_failed_run(f"{type(exc).__name__}: {exc}")
@@ -223,8 +212,7 @@ def predict_main(argv: list[str]) -> int:
     setup_logging()
     try:
         args = parse_argv(argv, known=list(PREDICT_OPTIONS), cli_only=())
-        from .config import parse_literal
-        from .predict import predict_submission
+        from .predict import predict_submission  # lazy: torch loads only once the options are good
 
         kw = {k: parse_literal(v) if k in ("tta", "batch_size") else v for k, v in args.values.items()}
         if "checkpoint" not in kw or "data_dir" not in kw:

@@ -1,4 +1,4 @@
-"""Datasets, splits, the decoded-image cache and document augmentations.
+"""Datasets, splits and the decoded-image cache (the per-sample augmentations: :mod:`cvtrain.sample_augment`).
 
 Images are decoded and resized once per (dataset content, size, resize mode)
 into a uint8 ``.npy`` array on disk, opened memory-mapped. Later epochs, later
@@ -21,15 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from tqdm.auto import tqdm
 
-from . import augment as A
 from .config import AugmentConfig, DataConfig
+from .sample_augment import augment
+from .transforms import PAD_FILL
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CACHE_VERSION = 1
-PAD_FILL = 255  # documents are white: pad with paper, not black bars
 
 
 class DataError(ValueError):
@@ -160,8 +162,6 @@ def split_indices(labels: list[int], cfg: DataConfig, seed: int) -> tuple[np.nda
     at least 2 images (:func:`folds_stratified`); a class with fewer images than folds is
     spread over as many folds as it has images, and named in a warning.
     """
-    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
-
     seed = seed if cfg.split_seed is None else cfg.split_seed
     pool, _ = holdout_indices(labels, cfg)
     y = np.asarray(labels)[pool]
@@ -201,7 +201,6 @@ def small_classes(labels, folds: int) -> dict[int, int]:
 def holdout_indices(labels, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """(the rest, the holdout): a stratified ``cfg.holdout`` slice seeded by ``cfg.holdout_seed`` alone,
     so every trial of a sweep leaves out the same images whatever its seed or folds."""
-    from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
     if cfg.holdout <= 0:
@@ -276,8 +275,6 @@ def load_or_build_cache(paths: list[str], size: int, resize: str, cache_dir: str
 
 
 def _build_cache(paths, size, resize, npy: Path, meta: Path, progress: bool, workers: int | None) -> None:
-    from tqdm.auto import tqdm
-
     tmp = npy.with_name(npy.stem + f".tmp{os.getpid()}.npy")
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
     bad: list[str] = []
@@ -320,54 +317,6 @@ def check_bad_images(bad: list[str], skip: bool, what: str = "image(s)") -> set[
     return {b.split(": ", 1)[0] for b in bad}
 
 
-# ---------------------------------------------------------------------------
-# Augmentation (on uint8 CHW tensors, one seeded generator per sample)
-# ---------------------------------------------------------------------------
-def augment(img: torch.Tensor, aug: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Rotations, flips, small affine, the document transforms, blur, noise and JPEG damage."""
-    from torchvision.transforms.v2 import functional as TF
-
-    def coin(p: float) -> bool:
-        return p > 0 and torch.rand((), generator=g).item() < p
-
-    def uniform(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * torch.rand((), generator=g).item()
-
-    if coin(aug.rotate):
-        img = torch.rot90(img, k=int(torch.randint(1, 4, (), generator=g)), dims=(1, 2))
-    if coin(aug.flip):
-        img = torch.flip(img, dims=(2,) if coin(0.5) else (1,))
-    if coin(aug.affine):
-        h = img.shape[-1]
-        img = TF.affine(img, angle=uniform(-10, 10), translate=[int(uniform(-0.05, 0.05) * h), int(uniform(-0.05, 0.05) * h)],
-                        scale=uniform(0.9, 1.1), shear=[0.0, 0.0], fill=[PAD_FILL] * 3)
-    if any(getattr(aug, op) > 0 for op in A.DOC_OPS):
-        # The document transforms: the batched path's ops and draws, on a batch of one.
-        one = img.unsqueeze(0).clone(memory_format=torch.contiguous_format)
-        A.apply_document(one, A.draw_document(1, aug, g))
-        img = one[0]
-    if coin(aug.blur):
-        s = uniform(0.3, 1.5)
-        img = TF.gaussian_blur(img, kernel_size=[5, 5], sigma=[s, s])
-    if coin(aug.noise):
-        noise = torch.randn(img.shape, generator=g) * uniform(3, 15)
-        img = (img.float() + noise).clamp_(0, 255).to(torch.uint8)
-    if coin(aug.jpeg):
-        img = jpeg_damage(img, int(uniform(20, 60)))
-    return img
-
-
-def jpeg_damage(img: torch.Tensor, quality: int) -> torch.Tensor:
-    """Re-compress a uint8 CHW tensor as JPEG at ``quality`` (PIL; torchvision's codec is deprecated)."""
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-
-
 class CachedImageDataset(torch.utils.data.Dataset):
     """Items are (uint8 CHW tensor, label); normalisation happens on the device, per batch.
 
@@ -376,7 +325,6 @@ class CachedImageDataset(torch.utils.data.Dataset):
     the device (``aug=None``). With ``aug`` set (``augment_on=cpu``), each sample is augmented
     here, one at a time, with its own generator seeded by (seed, epoch, image).
     """
-
     def __init__(self, images: np.ndarray, labels, indices, aug: AugmentConfig | None = None, seed: int = 0):
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)

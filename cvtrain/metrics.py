@@ -8,6 +8,7 @@ class would count it as F1 0 and understate any split that lacks a class).
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 
@@ -60,8 +61,6 @@ def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
 
 def save_confusion_png(cm: np.ndarray, class_names: list[str], path, cell: int = 28) -> None:
     """A PNG of the confusion matrix for offline use, drawn with PIL (20x faster than matplotlib)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     n = len(class_names)
     font = ImageFont.load_default()
     labels = [c[:24] for c in class_names]

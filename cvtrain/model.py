@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 
+import timm
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import weights
 from .config import ExperimentConfig
@@ -19,8 +21,6 @@ class PretrainedWeightsError(RuntimeError):
 def build_model(exp: ExperimentConfig, num_classes: int) -> nn.Module:
     """``timm.create_model``; pretrained weights from ``pretrained_dir`` or ``pretrained_path`` when
     given (offline), else the hub (or a pre-filled Hugging Face cache, as timm reads it)."""
-    import timm
-
     kwargs = dict(num_classes=num_classes, drop_rate=exp.drop_rate)
     if not exp.pretrained:
         return timm.create_model(exp.model_name, pretrained=False, **kwargs)
@@ -60,8 +60,6 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def count_flops(model: nn.Module, img_size: int, device: torch.device | str = "cpu") -> int:
     """Forward FLOPs for one image at ``img_size`` (2 per multiply-add, as torch counts them)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.eval()
     try:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 
+import torch
+from torch import nn
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,3 +64,22 @@ def describe(dc: dict) -> str:
         return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
     return f"mean={fmt(dc['mean'])} std={fmt(dc['std'])} ({dc.get('source', 'given')})"
+
+
+class Normalizer(nn.Module):
+    """uint8 NCHW batch -> normalised float on the device (cheaper than per-sample on the CPU), with
+    the mean/std of ``data_config`` (:mod:`cvtrain.norm`; default ImageNet's)."""
+
+    def __init__(self, device, channels_last: bool, data_config: dict | None = None):
+        super().__init__()
+        self.data_config = dict(data_config or IMAGENET)
+        self.mean = torch.tensor(self.data_config["mean"], device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(self.data_config["std"], device=device).view(1, 3, 1, 1) * 255
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.mean.device, non_blocking=True).float()
+        x = (x - self.mean) / self.std
+        # Batches arrive NCHW or as NCHW views of the cache's NHWC rows: give the model one layout.
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+

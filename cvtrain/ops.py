@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,6 @@ def jpeg_batch(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
         except RuntimeError as exc:  # a torchvision build without nvjpeg: the PIL path still works
             _cuda_codec_failed = True
             log.warning("JPEG damage on the GPU failed (%s); falling back to PIL on the CPU", exc)
-    from PIL import Image
-
     src = x.cpu()
     out = torch.empty_like(src, memory_format=torch.contiguous_format)
     for i, q in enumerate(qualities):

@@ -11,11 +11,12 @@ import torch
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, mapping_layer, resolve
 from .data import DataError, check_bad_images, check_ids, load_or_build_cache, resolve_image
-from .engine import Normalizer, select_device
+from .device import select_device
 from .model import build_model
-from .norm import describe, stored_data_config
+from .norm import Normalizer, describe, stored_data_config
 from .notices import say_once
 from .tta import stack_views
+from .tta_auto import choose_tta
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,6 @@ def predict_submission(checkpoint: str, data_dir: str, output: str = "submission
     data_config = stored_data_config(ckpt.read(checkpoint, "cpu"), str(checkpoint))
     log.info("normalisation: %s", describe(data_config))
     if tta == "auto":
-        from .tta_auto import choose_tta
-
         if cache_dir:
             cfg.data.cache_dir = cache_dir
         choice = choose_tta(model, cfg, dev, batch_size=batch_size, data_config=data_config)

@@ -13,7 +13,11 @@ No heavy imports here: the CLI and signal handlers use it before torch loads.
 """
 from __future__ import annotations
 
+import os
+import signal
 import threading
+
+import psutil
 
 KINDS = ("stopped", "preempted", "lost")
 
@@ -54,8 +58,6 @@ EXIT_PREEMPTED = 143
 
 
 def _signal_name(signum: int) -> str:
-    import signal
-
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -65,8 +67,6 @@ def _signal_name(signum: int) -> str:
 def _is_wandb_agent(pid: int) -> bool:
     """The process ``pid`` is W&B's CLI agent (``wandb agent ...``)."""
     try:
-        import psutil
-
         cmd = " ".join(psutil.Process(pid).cmdline())
     except Exception:  # noqa: BLE001 - gone already, or not ours to read: not provably the agent
         return False
@@ -79,8 +79,6 @@ def classify_signal(signum: int, sender_pid: int, agent_pid: int | None) -> tupl
     The CLI agent stops a run (hyperband, ``stop``, ``cancel``) with SIGTERM; a cluster or a user
     preempting the job sends SIGTERM (or Ctrl-C's SIGINT) from elsewhere.
     """
-    import signal
-
     name = _signal_name(signum)
     if agent_pid and signum == signal.SIGTERM and (sender_pid == agent_pid or _is_wandb_agent(sender_pid)):
         return "stopped", f"the W&B sweep stopped this run ({name} from wandb agent, pid {sender_pid})"
@@ -105,9 +103,6 @@ class SignalWatch:
         self._previous: dict = {}
 
     def start(self) -> "SignalWatch":
-        import os
-        import signal
-
         sigs = {signal.SIGTERM, signal.SIGINT}
         if self.agent_pid is None:
             for sig in sigs:
@@ -119,8 +114,6 @@ class SignalWatch:
         return self
 
     def _wait(self, sigs) -> None:
-        import signal
-
         while True:
             info = signal.sigwaitinfo(sigs)
             self._got(info.si_signo, info.si_pid)
@@ -135,8 +128,6 @@ class SignalWatch:
             self.on_signal(kind, reason, first)
 
     def restore(self) -> None:
-        import signal
-
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

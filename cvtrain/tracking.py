@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .config import Config, ConfigError
+from .layers import merged_env
 from .notices import say_once
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class WandbAccess:
 
 def wandb_settings(environ: Mapping[str, str]):
     """wandb's own settings as a fresh wandb process would load them: settings files, then ``WANDB_*``."""
-    import wandb
+    import wandb  # lazy: wandb's import is slow; the agent's checks and runs without W&B never pay it
 
     s = wandb.Settings()
     config_dir = environ.get("WANDB_CONFIG_DIR")
@@ -73,6 +75,7 @@ def find_credentials(base_url: str, settings=None) -> tuple[str | None, str | No
 
     wandb's own netrc reader decides (machine ``host:port`` when the URL has a port).
     """
+    # lazy: wandb's import is slow; the agent's checks and runs without W&B never pay it
     from wandb.errors import AuthenticationError
     from wandb.sdk.lib import wbauth
 
@@ -176,7 +179,7 @@ def init_wandb(cfg: Config, extra_config: dict | None = None, *, run_name: str |
                resume: bool = False, wandb_dir: str | os.PathLike | None = None,
                environ: Mapping[str, str] | None = None):
     """Start the run for ``cfg`` and declare its metrics; returns the wandb Run."""
-    import wandb
+    import wandb  # lazy: wandb's import is slow; the agent's checks and runs without W&B never pay it
 
     environ = os.environ if environ is None else environ
     w = cfg.wandb
@@ -231,7 +234,7 @@ def save_model_artifact(run, path: str | os.PathLike, *, aliases: list[str], met
     ``last.pt`` itself: a resumed run replaces ``last.pt``, and an offline run's artifact must
     still match its recorded digest when ``wandb sync`` uploads it later.
     """
-    import wandb
+    import wandb  # lazy: wandb's import is slow; the agent's checks and runs without W&B never pay it
 
     if run is None or run.disabled:
         return None
@@ -250,8 +253,6 @@ def frozen_checkpoint(path: Path, epoch) -> Path:
     Checkpoints are replaced atomically (a new inode), so the link keeps this epoch's bytes
     for as long as an artifact may need them; an existing link for the epoch is reused.
     """
-    import shutil
-
     out = path.parent / "logged" / f"{path.stem}-epoch{epoch if epoch is not None else 'x'}{path.suffix}"
     out.parent.mkdir(exist_ok=True)
     if out.exists():
@@ -278,6 +279,7 @@ def finish_run(run, exit_code: int = 0) -> None:
 
 def failed_before_run(exc: BaseException) -> bool:
     """True for the errors ``train()`` raises before it starts the W&B run (config, data, weights)."""
+    # lazy: both import torch; this module stays torch-free for the agent (cvsweep validate)
     from .data import DataError
     from .model import PretrainedWeightsError
 
@@ -289,9 +291,7 @@ def record_failed_run(reason: str, environ: Mapping[str, str] | None = None) -> 
     """Under a W&B sweep, a trial that failed before its run started still owes the sweep a run:
     start it (wandb takes id, project and parameters from the agent) only to record why it failed.
     Returns the run id, or None when W&B is not reachable as configured."""
-    import wandb
-
-    from .config import merged_env
+    import wandb  # lazy: wandb's import is slow; the agent's checks and runs without W&B never pay it
 
     environ = merged_env(os.environ if environ is None else environ)  # .env's key, mode and server too
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PAD_FILL = 255  # documents are white: pad and fill with paper, not black bars
+
 
 @dataclass(frozen=True)
 class Transform:

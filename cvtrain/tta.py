@@ -6,7 +6,7 @@ TTA_VIEWS = ("none", "rot90", "rot180", "rot270", "hflip", "vflip")
 
 def apply_view(x, view: str):
     """Apply one view to a batch (N, C, H, W) tensor. (torch loads only here: config checks use TTA_VIEWS.)"""
-    import torch
+    import torch  # lazy: see the docstring
 
     if view == "none":
         return x
@@ -21,6 +21,6 @@ def apply_view(x, view: str):
 
 def stack_views(x, views: list[str]):
     """All ``views`` of a square batch (N, C, H, W) tensor as one batch (V*N, C, H, W), view-major."""
-    import torch
+    import torch  # lazy: the configuration checks import this module for TTA_VIEWS, before torch
 
     return torch.cat([apply_view(x, v) for v in views])

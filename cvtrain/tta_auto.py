@@ -15,8 +15,8 @@ import torch
 from . import data as D
 from . import valshift as V
 from .config import Config
-from .engine import Normalizer
 from .metrics import epoch_metrics
+from .norm import Normalizer
 from .shift_profile import is_off
 from .tta import TTA_VIEWS, apply_view
 

@@ -120,7 +120,7 @@ def shifted_copies(images: np.ndarray, rows: np.ndarray, ids: list[str], profile
 
 
 class ShiftedVal:
-    """The shifted validation set as (x, y) batches on the device, for :func:`cvtrain.engine.evaluate`."""
+    """The shifted validation set as (x, y) batches on the device, for :func:`cvtrain.epoch.evaluate`."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
         self.x, self.y, self.batch_size = x, y, batch_size

@@ -14,6 +14,7 @@ configuration checks it before anything is built (:func:`problems`).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -95,7 +96,7 @@ def read_state_dict(path: str | Path) -> dict:
 
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # lazy, as torch above
 
         return load_file(str(path))
     obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -140,8 +141,6 @@ def load_into(model, path: str | Path) -> None:
     the model module's ``checkpoint_filter_fn`` first, as timm's own loader does, when its keys
     do not fit as they are.
     """
-    import importlib
-
     state = read_state_dict(path)
     try:
         state = fit(model, state, str(path))

@@ -6,7 +6,7 @@ on one GPU, 5 at most).
 What it checks, printing one line per check:
 1. Numbering: under a narrowed ``CUDA_VISIBLE_DEVICES`` (the last GPU this process may use, by
    UUID; with two or more, also two GPUs by index in reverse order) torch's ``cuda:i`` is the GPU
-   ``cvtrain.system.visible_gpus`` names ``gpu/i`` -- UUIDs compared, with the launcher's
+   ``cvtrain.gpus.visible_gpus`` names ``gpu/i`` -- UUIDs compared, with the launcher's
    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
 2. The plan: ``cvsweep agent SWEEP --gpus all --dry-run`` under the narrowing plans one worker, on
    that GPU, and starts nothing.
@@ -38,13 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.launcher import nvml_view  # noqa: E402
-from cvtrain.system import Gpu, visible_gpus  # noqa: E402
+from cvtrain.gpus import Gpu, visible_gpus  # noqa: E402
 
 PY = sys.executable
 SWEEP_TIMEOUT_S = 240
 PROBE = r"""
 import json, os, pynvml, torch
-from cvtrain.system import nvml_gpus, visible_gpus
+from cvtrain.gpus import nvml_gpus, visible_gpus
 pynvml.nvmlInit()
 print(json.dumps({
     "torch": [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())],

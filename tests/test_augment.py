@@ -11,6 +11,7 @@ from PIL import Image
 from cvtrain import augment as A
 from cvtrain import ops
 from cvtrain.config import AugmentConfig
+from cvtrain.sample_augment import augment
 
 N = 3000          # samples per rate check: 3-sigma binomial bounds of a few percent
 NONE = dict(rotate=0.0, flip=0.0, affine=0.0, blur=0.0, noise=0.0, jpeg=0.0)
@@ -246,12 +247,11 @@ def test_document_transforms_use_the_drawn_strengths_within_their_ranges():
 
 
 def test_the_per_sample_path_applies_the_document_transforms_with_the_same_ops():
-    from cvtrain import data as D
 
     img = noise_images(1, 24)[0]
     aug = AugmentConfig(**{**NONE, "rotate_any": 1.0, "shadow": 1.0})
-    out = D.augment(img, aug, torch.Generator().manual_seed(3))
-    assert torch.equal(out, D.augment(img, aug, torch.Generator().manual_seed(3)))
+    out = augment(img, aug, torch.Generator().manual_seed(3))
+    assert torch.equal(out, augment(img, aug, torch.Generator().manual_seed(3)))
     d = A.draw_document(1, aug, torch.Generator().manual_seed(3))
     assert torch.equal(out, ops.shadow(ops.rotate_any(img[None], d.angle), d.shadow, d.shadow_angle)[0])
-    assert torch.equal(D.augment(img, AugmentConfig(**NONE), torch.Generator().manual_seed(3)), img)
+    assert torch.equal(augment(img, AugmentConfig(**NONE), torch.Generator().manual_seed(3)), img)

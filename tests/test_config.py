@@ -4,7 +4,8 @@ import pytest
 from conftest import SECRET
 
 from cvtrain.cli import UsageError, build_config, parse_argv
-from cvtrain.config import Config, ConfigError, MixupConfig, mapping_layer, resolve, validate_config
+from cvtrain.config import Config, ConfigError, MixupConfig, mapping_layer, resolve
+from cvtrain.validation import validate_config
 
 
 def test_defaults_sit_in_one_place():

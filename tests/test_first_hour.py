@@ -68,7 +68,8 @@ def test_a_data_dir_missing_from_here_is_flagged_and_create_stores_relative_path
 
 
 def test_cvtrain_help_shows_every_setting_with_type_default_and_meaning():
-    from cvtrain.config import HELP, KNOWN_KEYS, NESTED_FIELDS
+    from cvtrain.config import KNOWN_KEYS, NESTED_FIELDS
+    from cvtrain.config_help import HELP
 
     proc = subprocess.run([PY, "-m", "cvtrain", "--help"], capture_output=True, text=True, env=_env())
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
@@ -86,7 +87,8 @@ def test_cvtrain_help_shows_every_setting_with_type_default_and_meaning():
 
 
 def test_env_template_comments_are_the_help_lines():
-    from cvtrain.config import ENV_PREFIX, HELP, KNOWN_KEYS, WANDB_ENV
+    from cvtrain.config import ENV_PREFIX, KNOWN_KEYS, WANDB_ENV
+    from cvtrain.config_help import HELP
 
     lines = (ROOT / ".env.template").read_text().splitlines()
     for name in KNOWN_KEYS:
@@ -116,7 +118,7 @@ def _env(**extra):
 
 
 def test_config_errors_come_before_torch_loads_and_leave_nothing_behind(tmp_path):
-    from cvtrain.config import timm_model_names
+    from cvtrain.checks import timm_model_names
 
     cache = tmp_path / "xdg"
     timm_model_names(cache / "cvtrain")  # the per-timm-version name list, as the first real run leaves it
@@ -133,16 +135,16 @@ def test_config_errors_come_before_torch_loads_and_leave_nothing_behind(tmp_path
 def test_amp_defaults_to_what_the_device_supports_and_a_forced_amp_on_cpu_is_said_once(tiny, caplog):
     import logging
 
-    from cvtrain import engine, notices
+    from cvtrain import notices, optim
 
-    caplog.set_level(logging.INFO, logger="cvtrain.engine")
+    caplog.set_level(logging.INFO, logger="cvtrain.optim")
     assert tiny().experiment.amp is None
     import torch
 
-    assert engine.amp_context(tiny(), torch.device("cpu"))[1] is None
+    assert optim.amp_context(tiny(), torch.device("cpu"))[1] is None
     notices._SAID.clear()
     for _ in range(3):
-        engine.amp_context(tiny(amp=True), torch.device("cpu"))
+        optim.amp_context(tiny(amp=True), torch.device("cpu"))
     said = [r for r in caplog.records if "amp=True has no effect on cpu" in r.getMessage()]
     assert len(said) == 1
 

@@ -7,9 +7,9 @@ import torch
 
 from cvtrain import checkpoint as ckpt
 from cvtrain import data as D
-from cvtrain.engine import Normalizer, train
+from cvtrain.engine import train
 from cvtrain.metrics import macro_f1
-from cvtrain.norm import stored_data_config
+from cvtrain.norm import Normalizer, stored_data_config
 from cvtrain.predict import load_for_inference, predict_probs
 
 VIEWS = ["none", "rot180"]

@@ -24,7 +24,7 @@ from agent.launcher import (
     plan_line,
     worker_env,
 )
-from cvtrain.system import Visible, visible_gpus
+from cvtrain.gpus import Visible, visible_gpus
 
 
 @pytest.fixture

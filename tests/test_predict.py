@@ -33,7 +33,7 @@ def test_tta_views_go_through_the_model_together_and_average_as_one_view_at_a_ti
     import timm
     import torch
 
-    from cvtrain.engine import Normalizer
+    from cvtrain.norm import Normalizer
     from cvtrain.predict import predict_probs
     from cvtrain.tta import apply_view
 

@@ -6,7 +6,8 @@ import torch
 
 from cvtrain import checkpoint as ckpt
 from cvtrain import norm
-from cvtrain.engine import Normalizer, train
+from cvtrain.engine import train
+from cvtrain.norm import Normalizer
 from cvtrain.predict import predict_submission
 
 

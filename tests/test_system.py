@@ -8,7 +8,8 @@ import pytest
 from nvml_fake import MIXED8, Machine, no_driver, uuid
 
 from agent.launcher import build_specs, nvml_view, parse_gpus, plan_groups
-from cvtrain.system import SystemMonitor, sample, visible_gpus, visible_handles
+from cvtrain.gpus import visible_gpus, visible_handles
+from cvtrain.system import SystemMonitor, sample
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import torch
 from conftest import PY, ROOT, SECRET, assert_secret_absent
 
 from cvtrain import checkpoint as ckpt
-from cvtrain.engine import NonFiniteLossError, train
+from cvtrain.engine import train
+from cvtrain.epoch import NonFiniteLossError
 
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "epoch", "epoch_time", "best_val_f1")
 SUMMARY_KEYS = ("best_val_f1", "val_f1", "val_acc", "train_loss", "val_loss", "params_total", "params_trainable",
@@ -254,7 +255,7 @@ def test_a_run_that_lost_its_trial_writes_nothing_more_to_its_outputs(tiny):
 def test_plateau_lowers_the_learning_rate_once_val_f1_stops_improving_for_its_patience(tiny):
     import timm
 
-    from cvtrain.engine import build_optimization, step_scheduler
+    from cvtrain.optim import build_optimization, step_scheduler
 
     def lrs(f1_by_epoch):
         model = timm.create_model("test_resnet", num_classes=17)

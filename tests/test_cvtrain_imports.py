@@ -1,0 +1,62 @@
+"""The trainer's rooms: the launcher stays torch-free, the trainer never reaches into the agent,
+and no two trainer modules import each other (every import counted, lazy ones too)."""
+import ast
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+CVTRAIN = ROOT / "cvtrain"
+
+
+def _imports(path) -> set[str]:
+    """Absolute names of the modules ``path`` imports, anywhere in it but a TYPE_CHECKING block."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for stmt in node.body for n in ast.walk(stmt)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ("cvtrain." if node.level else "") + (node.module or "")
+            out |= {base.rstrip(".")} if node.module else {f"cvtrain.{a.name}" for a in node.names}
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    names = {p.stem for p in CVTRAIN.glob("*.py")}
+    return {p.stem: {m.split(".")[1] for m in _imports(p) if m.startswith("cvtrain.") and m.split(".")[1] in names} - {p.stem}
+            for p in CVTRAIN.glob("*.py")}
+
+
+def test_the_launcher_and_gpu_discovery_import_no_torch():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for module in ("agent.launcher", "cvtrain.gpus"):
+        code = f"import {module}, sys; assert 'torch' not in sys.modules, sorted(sys.modules)"
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+
+
+def test_no_trainer_module_imports_the_agent():
+    found = {p.name: m for p in CVTRAIN.glob("*.py") for m in _imports(p) if m.split(".")[0] == "agent"}
+    assert found == {}
+
+
+def test_the_trainer_modules_import_each_other_without_a_cycle():
+    graph, done, cycles = _graph(), set(), []
+
+    def visit(node, path):
+        for dep in sorted(graph[node]):
+            if dep in path:
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in done:
+                visit(dep, path + [dep])
+        done.add(node)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert cycles == []

@@ -5,7 +5,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from bench_common import PY, ROOT, emit, env_for
+from bench_common import PY, ROOT, emit, env_for, sweep_mid
 
 _AUGMENT_RUN = r"""
 import json, resource, sys, time
@@ -64,15 +64,6 @@ def _augment_run(work: Path, plist: Path, mode: str, workers: int, settings: dic
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _mid(spec: dict):
-    """A sweep parameter's middle: a range's midpoint, a list's middle value, a fixed value."""
-    if "value" in spec:
-        return spec["value"]
-    if "values" in spec:
-        return spec["values"][len(spec["values"]) // 2]
-    return round((spec["min"] + spec["max"]) / 2, 4)
-
-
 def bench_augment(work: Path) -> None:
     """The documents' augmentation: batched on the training device vs per sample in the loader.
 
@@ -102,7 +93,7 @@ def bench_augment(work: Path) -> None:
     plist.write_text(json.dumps(sorted(str(p) for p in (data / "train").glob("*.jpg"))))
     sweep = yaml.safe_load((ROOT / "sweeps" / "documents-bayes-hyperband.yaml").read_text())
     ranges = sweep["parameters"]["augment"]["parameters"]
-    mid = {k: _mid(v) for k, v in ranges.items()}
+    mid = {k: sweep_mid(v) for k, v in ranges.items()}
     probs = [k for k in mid if k in OPS]  # the rest are the document transforms' strengths, kept at sweep-mid
     none = {**mid, **{k: 0.0 for k in probs}}
     settings = {"defaults": {"rotate": 0.5, "flip": 0.3, "affine": 0.3, "blur": 0.1, "noise": 0.1, "jpeg": 0.1},

@@ -67,3 +67,12 @@ def history(state: Path) -> dict[int, list[dict]]:
         out.setdefault(tid, []).append({**json.loads(metrics), "reported_at": at})
     conn.close()
     return out
+
+
+def sweep_mid(spec: dict):
+    """A sweep parameter's middle: a range's midpoint, a list's middle value, a fixed value."""
+    if "value" in spec:
+        return spec["value"]
+    if "values" in spec:
+        return spec["values"][len(spec["values"]) // 2]
+    return round((spec["min"] + spec["max"]) / 2, 4)

@@ -153,8 +153,8 @@ def probe(check: Checks, cvd: str, expect: list[Gpu]) -> None:
           f"planned {[g.uuid for g in expect]}")
 
 
-def main() -> int:
-    on_cpu = os.environ.get("GPU_CHECK_ON_CPU") == "1"
+def preflight(on_cpu: bool):
+    """The GPUs to check, or an exit status when there is nothing to check here."""
     visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), nvml_view()).gpus
     if not visible and not on_cpu:
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -168,23 +168,11 @@ def main() -> int:
         print(f"gpu_check: NVML sees {len(visible)} GPU(s) but torch {torch.__version__} cannot use CUDA "
               f"(torch.version.cuda={torch.version.cuda}); nothing was checked.", file=sys.stderr)
         return 2
+    return visible
 
-    check = Checks()
-    t0 = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    state = work / "state"
-    state.mkdir()
-    target = visible[-1] if visible else None
-    cvd = target.uuid if target else ""
-    print(f"gpu_check: working in {work}; " + (f"narrowing to {target.describe()} by CUDA_VISIBLE_DEVICES={cvd}"
-                                               if target else "on the CPU (GPU_CHECK_ON_CPU=1)"), flush=True)
 
-    if target:  # 1. numbering
-        probe(check, target.uuid, [target])
-        if len(visible) >= 2:
-            probe(check, f"{visible[-1].token},{visible[0].token}", [visible[-1], visible[0]])
-
-    # 2. the plan
+def check_plan(check: Checks, work: Path, state: Path, target, cvd: str):
+    """Step 2: a local sweep and its dry run; the sweep id, or None when it could not be created."""
     from cvtrain.demo_data import make_demo_data
 
     make_demo_data(work / "data", per_class=16, test_per_class=2, seed=0)
@@ -192,7 +180,7 @@ def main() -> int:
     res = cvsweep(["create", str(sweep_file(work, bool(target))), "--backend", "local"], env, 120)
     if not check(res.returncode == 0, "local sweep created"):
         print(res.stdout[-2000:], res.stderr[-2000:])
-        return 1
+        return None
     sid = res.stdout.strip().splitlines()[-1]
     gpus = ["--gpus", "all"] if target else ["--gpus", "none"]
     dry = cvsweep(["agent", sid, *gpus, "--dry-run"], env, 120)
@@ -200,20 +188,11 @@ def main() -> int:
     check(dry.returncode == 0 and len(lines) == 1 and (not target or f"CUDA_VISIBLE_DEVICES={cvd} |" in lines[0]
                                                       and target.uuid in lines[0]),
           f"dry run plans one worker on the narrowed GPU: {lines or dry.stderr[-500:]}")
-    db = sqlite3.connect(state / "cvsweep.db")
-    check(db.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 0, "dry run created no trial")
+    return sid
 
-    # 3. the sweep
-    try:
-        run = cvsweep(["agent", sid, *gpus], env, SWEEP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        check(False, f"sweep finished within {SWEEP_TIMEOUT_S}s")
-        return 1
-    if not check(run.returncode == 0, f"cvsweep agent --gpus all exited {run.returncode} "
-                                      f"({time.monotonic() - t0:.0f}s so far)"):
-        print(run.stdout[-3000:], run.stderr[-3000:])
 
-    # 4. what the trials recorded
+def check_trials(check: Checks, db, sid: str, target) -> None:
+    """Step 4: what the trials recorded (summaries, W&B runs, and on a GPU its peaks and identity)."""
     rows = db.execute("SELECT name, run_id, state, output_dir, wandb_dir FROM trials WHERE sweep_id=? ORDER BY id",
                       (sid,)).fetchall()
     check(len(rows) == 2, f"{len(rows)} trial(s), 2 expected (bf16 and fp16)")
@@ -237,9 +216,49 @@ def main() -> int:
         check({"gpu/0/mem_used_gb", "gpu/0/util"} <= keys, f"{label}: run history has gpu/0/mem_used_gb, gpu/0/util")
         check([bare_uuid(u) for u in torch_uuids or []] == [bare_uuid(target.uuid)],
               f"{label}: torch trained on {torch_uuids}, planned {target.uuid}")
+
+
+def main() -> int:
+    on_cpu = os.environ.get("GPU_CHECK_ON_CPU") == "1"
+    visible = preflight(on_cpu)
+    if isinstance(visible, int):
+        return visible
+
+    check = Checks()
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    state = work / "state"
+    state.mkdir()
+    target = visible[-1] if visible else None
+    cvd = target.uuid if target else ""
+    print(f"gpu_check: working in {work}; " + (f"narrowing to {target.describe()} by CUDA_VISIBLE_DEVICES={cvd}"
+                                               if target else "on the CPU (GPU_CHECK_ON_CPU=1)"), flush=True)
+
+    if target:  # 1. numbering
+        probe(check, target.uuid, [target])
+        if len(visible) >= 2:
+            probe(check, f"{visible[-1].token},{visible[0].token}", [visible[-1], visible[0]])
+
+    sid = check_plan(check, work, state, target, cvd)  # 2. the plan
+    if sid is None:
+        return 1
+    db = sqlite3.connect(state / "cvsweep.db")
+    check(db.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 0, "dry run created no trial")
+
+    # 3. the sweep
+    gpus = ["--gpus", "all"] if target else ["--gpus", "none"]
+    try:
+        run = cvsweep(["agent", sid, *gpus], env_for(state, cvd if target else None), SWEEP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        check(False, f"sweep finished within {SWEEP_TIMEOUT_S}s")
+        return 1
+    if not check(run.returncode == 0, f"cvsweep agent --gpus all exited {run.returncode} "
+                                      f"({time.monotonic() - t0:.0f}s so far)"):
+        print(run.stdout[-3000:], run.stderr[-3000:])
+
+    check_trials(check, db, sid, target)  # 4. what the trials recorded
     print(f"gpu_check: {check.passed} passed, {check.failed} failed in {time.monotonic() - t0:.0f}s; outputs in {work}")
     return 1 if check.failed else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

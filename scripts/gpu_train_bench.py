@@ -32,6 +32,8 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
+from bench_common import sweep_mid  # beside this script: the sweep's middle, as make bench takes it
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -79,7 +81,7 @@ def measure(batches, step, seconds: float, warmup: int, sync) -> float:
                     return n / (time.perf_counter() - t0)
 
 
-def main() -> int:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="resnet34")
     ap.add_argument("--img-size", type=int, default=224)
@@ -92,20 +94,58 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="directory for the images and the cache (default: a temp dir)")
     ap.add_argument("--allow-cpu", action="store_true", help="smoke-run on a CPU; the figures are not GPU figures")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
-    a = ap.parse_args()
+    return ap.parse_args()
 
+
+def our_loader(a, data: Path, work: Path, device, mid: dict, augment_on: str):
+    """The project's loader (decoded cache, batched augmentation on ``augment_on``); re-entered per epoch."""
+    from cvtrain.config import mapping_layer, resolve
+    from cvtrain.engine import build_data
+
+    cfg = resolve(mapping_layer(dict(data_dir=str(data), model_name=a.model, img_size=a.img_size,
+                                     batch_size=a.batch_size, num_workers=a.workers, augment=mid,
+                                     augment_on=augment_on, cache_dir=str(work / "cache"), progress=False,
+                                     seed=0), "gpu_train_bench"))
+    bundle = build_data(cfg, device)  # builds the decoded cache once (all cores: affinity is set after)
+    epoch = iter(range(1, 10**9))
+
+    def batches():
+        bundle.train_ds.set_epoch(next(epoch))
+        return iter(bundle.train_loader)
+    return batches
+
+
+def trainer(a, device, normalize):
+    """A fresh model's bf16 channels_last training step."""
+    import timm
+    import torch
+
+    model = timm.create_model(a.model, num_classes=17).to(device).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(x, y):
+        x = normalize(x) if x.dtype == torch.uint8 else x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = loss_fn(model(x), y.to(device, non_blocking=True))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main() -> int:
+    a = parse_args()
     import torch
 
     if not torch.cuda.is_available() and not a.allow_cpu:
         print("gpu_train_bench: no CUDA GPU here; nothing measured (--allow-cpu smoke-runs the code on a CPU)",
               file=sys.stderr)
         return 2
-    import timm
     import yaml
     from timm.data import create_dataset, create_loader
 
-    from cvtrain.config import mapping_layer, resolve
-    from cvtrain.engine import Normalizer, build_data
+    from cvtrain.engine import Normalizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(a.work or tempfile.mkdtemp(prefix="gpu-train-bench-"))
@@ -115,22 +155,8 @@ def main() -> int:
         make_documents(data, a.images)
         emit("data_s", time.perf_counter() - t0)
     sweep = yaml.safe_load((ROOT / "sweeps" / "documents-bayes-hyperband.yaml").read_text())
-    mid = {k: (v["min"] + v["max"]) / 2 for k, v in sweep["parameters"]["augment"]["parameters"].items()}
-
-    def our_loader(augment_on: str):
-        cfg = resolve(mapping_layer(dict(data_dir=str(data), model_name=a.model, img_size=a.img_size,
-                                         batch_size=a.batch_size, num_workers=a.workers, augment=mid,
-                                         augment_on=augment_on, cache_dir=str(work / "cache"), progress=False,
-                                         seed=0), "gpu_train_bench"))
-        bundle = build_data(cfg, device)  # builds the decoded cache once (all cores: affinity is set after)
-        epoch = iter(range(1, 10**9))
-
-        def batches():
-            bundle.train_ds.set_epoch(next(epoch))
-            return iter(bundle.train_loader)
-        return batches
-
-    ours = {"device": our_loader("device"), "cpu": our_loader("cpu")}
+    mid = {k: sweep_mid(v) for k, v in sweep["parameters"]["augment"]["parameters"].items()}
+    ours = {on: our_loader(a, data, work, device, mid, on) for on in ("device", "cpu")}
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:a.cores])
     torch.set_num_threads(a.cores)
     emit("gpu_bench_setup", f"{torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU (smoke run)'}, "
@@ -139,34 +165,19 @@ def main() -> int:
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     normalize = Normalizer(device, channels_last=True)
-
-    def trainer():
-        model = timm.create_model(a.model, num_classes=17).to(device).to(memory_format=torch.channels_last).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-        loss_fn = torch.nn.CrossEntropyLoss()
-
-        def step(x, y):
-            x = normalize(x) if x.dtype == torch.uint8 else x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = loss_fn(model(x), y.to(device, non_blocking=True))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
-
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     out = {}
     x0 = torch.randint(0, 256, (a.batch_size, 3, a.img_size, a.img_size), dtype=torch.uint8, device=device)
     y0 = torch.randint(0, 17, (a.batch_size,), device=device)
-    out["gpu_train_img_s_no_data"] = measure(lambda: iter([(x0, y0)] * 50), trainer(), a.seconds, a.warmup, sync)
-    out["gpu_train_img_s"] = measure(ours["device"], trainer(), a.seconds, a.warmup, sync)
-    out["gpu_train_img_s_cpu_augment"] = measure(ours["cpu"], trainer(), a.seconds, a.warmup, sync)
+    out["gpu_train_img_s_no_data"] = measure(lambda: iter([(x0, y0)] * 50), trainer(a, device, normalize), a.seconds, a.warmup, sync)
+    out["gpu_train_img_s"] = measure(ours["device"], trainer(a, device, normalize), a.seconds, a.warmup, sync)
+    out["gpu_train_img_s_cpu_augment"] = measure(ours["cpu"], trainer(a, device, normalize), a.seconds, a.warmup, sync)
     dataset = create_dataset("", root=str(data), split="train", is_training=True)
     timm_loader = create_loader(dataset, input_size=(3, a.img_size, a.img_size), batch_size=a.batch_size,
                                 is_training=True, num_workers=a.workers, pin_memory=device.type == "cuda",
                                 device=device, use_prefetcher=device.type == "cuda", persistent_workers=True)
-    out["gpu_train_img_s_timm"] = measure(lambda: iter(timm_loader), trainer(), a.seconds, a.warmup, sync)
+    out["gpu_train_img_s_timm"] = measure(lambda: iter(timm_loader), trainer(a, device, normalize), a.seconds, a.warmup, sync)
     out["gpu_train_speedup_vs_timm"] = out["gpu_train_img_s"] / out["gpu_train_img_s_timm"]
     out["gpu_train_speedup_vs_cpu_augment"] = out["gpu_train_img_s"] / out["gpu_train_img_s_cpu_augment"]
     prefix = "" if device.type == "cuda" else "cpu_smoke_"  # never a GPU figure without a GPU
@@ -175,7 +186,6 @@ def main() -> int:
     if a.json:
         Path(a.json).write_text(json.dumps({**out, "device": str(device)}, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

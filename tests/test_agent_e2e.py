@@ -65,9 +65,13 @@ def _expire_lease(state, trial_id):
         conn.close()
 
 
+# Long enough that a trial is still running well after its second epoch, when these tests strike.
+LONG_EPOCHS = 10
+
+
 def _long_sweep(demo_dir, cache_dir):
     return {"name": "long", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
-            "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": 30},
+            "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": LONG_EPOCHS},
                                       learning_rate={"values": [0.003, 0.01]})}
 
 
@@ -97,8 +101,8 @@ def test_kill_9_of_a_worker_requeues_its_trial_which_resumes_and_completes(tmp_p
     assert "restarting" in out and "resuming from" in out
     t = db_rows(state, "SELECT * FROM trials WHERE id=?", (row["id"],))[0]
     assert t["state"] == "finished" and t["attempts"] == 1
-    assert _epochs(state, row["id"]) == list(range(1, 31))
-    assert json.loads(t["summary"])["epochs_completed"] == 30
+    assert _epochs(state, row["id"]) == list(range(1, LONG_EPOCHS + 1))
+    assert json.loads(t["summary"])["epochs_completed"] == LONG_EPOCHS
     assert {r["state"] for r in db_rows(state, "SELECT state FROM trials")} == {"finished"}
 
 
@@ -119,7 +123,7 @@ def test_sigterm_preempts_running_trial_and_next_agent_resumes_it(tmp_path, demo
     assert again.returncode == 0, out2[-3000:]
     assert "resuming from" in out2 and f"after epoch {done_before}" in out2
     t = db_rows(state, "SELECT * FROM trials WHERE id=?", (row["id"],))[0]
-    assert t["state"] == "finished" and _epochs(state, row["id"]) == list(range(1, 31))
+    assert t["state"] == "finished" and _epochs(state, row["id"]) == list(range(1, LONG_EPOCHS + 1))
 
 
 def test_trainer_started_as_wandb_agent_starts_it_picks_up_the_sweep_values(tmp_path, demo_dir, cache_dir):
@@ -178,7 +182,7 @@ def test_a_requeued_trial_stops_its_first_worker_which_writes_nothing_more(tmp_p
 
     state = tmp_path / "state"
     cfg = {"name": "own", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
-           "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": 40})}
+           "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": LONG_EPOCHS})}
     sweep_id = _create(tmp_path, cfg, state)
     w1 = subprocess.Popen([PY, "-m", "agent.worker", sweep_id, "--count", "1", "--name", "w1"],
                           env=cvsweep_env(state), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -195,16 +199,16 @@ def test_a_requeued_trial_stops_its_first_worker_which_writes_nothing_more(tmp_p
     assert not (out_dir / "summary.json").exists()  # worker 1 wrote no ending
     by_w1 = [r["epoch"] for r in db_rows(state, "SELECT epoch FROM history WHERE trial_id=? AND attempt=1 "
                                                 "ORDER BY epoch", (row["id"],))]
-    assert by_w1 == list(range(1, len(by_w1) + 1)) and len(by_w1) < 40
+    assert by_w1 == list(range(1, len(by_w1) + 1)) and len(by_w1) < LONG_EPOCHS
     from cvtrain import checkpoint as ckpt
 
     assert ckpt.read(out_dir / "checkpoints" / "last.pt")["state"]["epoch"] == len(by_w1)  # nothing after its loss
     assert run_trial(ctl2, claim.trial, "w2", WorkerStop()) == "finished"
     t = db_rows(state, "SELECT * FROM trials WHERE id=?", (row["id"],))[0]
-    assert t["state"] == "finished" and t["attempt"] == 2 and json.loads(t["summary"])["epochs_completed"] == 40
+    assert t["state"] == "finished" and t["attempt"] == 2 and json.loads(t["summary"])["epochs_completed"] == LONG_EPOCHS
     hist = db_rows(state, "SELECT epoch, attempt FROM history WHERE trial_id=? ORDER BY epoch", (row["id"],))
-    assert [h["epoch"] for h in hist] == list(range(1, 41))  # each epoch once
-    assert [h["attempt"] for h in hist] == [1] * len(by_w1) + [2] * (40 - len(by_w1))
+    assert [h["epoch"] for h in hist] == list(range(1, LONG_EPOCHS + 1))  # each epoch once
+    assert [h["attempt"] for h in hist] == [1] * len(by_w1) + [2] * (LONG_EPOCHS - len(by_w1))
 
 
 def test_lease_and_state_dir_from_dotenv_reach_the_workers_and_the_key_does_not(tmp_path, demo_dir, cache_dir):

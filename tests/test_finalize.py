@@ -174,7 +174,7 @@ def test_a_killed_fold_worker_is_requeued_and_the_ensemble_still_completes(tmp_p
     ctl = LocalController(store)
     # The parent's training is not under test here: one finished trial with long training.
     sweep = ctl.create_sweep({"name": "long", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
-                              "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": 25},
+                              "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": 10},
                                                         learning_rate={"values": [0.01]})})
     t = ctl.claim(sweep.id, "w").trial
     ctl.finish(t.id, "finished", {"best_val_f1": 0.5}, owner=t.owner)

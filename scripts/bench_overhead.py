@@ -1,0 +1,99 @@
+"""Bench section ``overhead``: ``trainer_overhead_ratio`` and its parts (scripts/bench.py's docstring)."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from bench_common import emit
+
+
+def _overhead_cfg(work: Path, data: Path, epochs: int, i: int):
+    from cvtrain.config import mapping_layer, resolve
+
+    return resolve(mapping_layer(dict(data_dir=str(data), model_name="resnet18", img_size=64, batch_size=32,
+                                      epochs=epochs, num_workers=0, progress=False, cache_dir=str(work / "cache"),
+                                      output_dir=str(work / f"overhead-{i}"), mode="offline",
+                                      system_interval=5.0, log_interval=20), "bench"))
+
+
+def _instrumented(ctl, sweep, cfg, work: Path, epochs: int) -> dict:
+    """One whole trial as a worker runs it, timed from its first epoch's start (setup excluded)."""
+    from cvtrain.engine import train
+
+    trial = ctl.claim(sweep.id, "bench").trial
+    marks: list[float] = []  # the first epoch's start, then each report's end
+
+    def reporter(epoch, metrics):
+        if not marks:  # the first epoch started epoch_time before its report: setup ends there
+            marks.append(time.perf_counter() - metrics["epoch_time"])
+        answer = ctl.report(trial.id, epoch, metrics, owner=trial.owner)
+        marks.append(time.perf_counter())
+        return None if answer == "stop" else answer  # the same epochs as the bare loop
+
+    result = train(cfg, reporter, wandb_dir=str(work / "wandb"))
+    ctl.finish(trial.id, result.state, result.summary, owner=trial.owner)
+    end = time.perf_counter()
+    busy = sum(h["epoch_time"] for h in result.history)
+    return {"wall": end - marks[0], "busy": busy, "end": end - marks[-1],
+            "between": (marks[-1] - marks[0] - busy) / epochs}
+
+
+def _bare(bundle, norm, epochs: int) -> float:
+    # What a hand-written script does: train pass + val forward per epoch, nothing logged or saved.
+    import timm
+    import torch
+
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model = timm.create_model("resnet18", num_classes=17)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        bundle.generator.manual_seed(epoch)
+        bundle.train_ds.set_epoch(epoch)
+        model.train()
+        for x, y in bundle.train_loader:
+            loss = loss_fn(model(norm(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            _ = torch.cat([model(norm(x)).argmax(1) for x, _ in bundle.val_loader]).numpy()
+    return time.perf_counter() - t0
+
+
+def bench_overhead(work: Path, reps: int = 4, epochs: int = 3) -> None:
+    """Whole instrumented trials (setup excluded) vs a bare loop: see scripts/bench.py's docstring."""
+    import torch
+
+    from agent.controller import LocalController
+    from agent.store import SQLiteStore
+    from cvtrain.demo_data import make_demo_data
+    from cvtrain.engine import Normalizer, build_data
+
+    data = make_demo_data(work / "data-overhead", per_class=40, test_per_class=1, seed=3)
+    ctl = LocalController(SQLiteStore(work / "state-overhead"))
+    sweep = ctl.create_sweep({"name": "ovh", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
+                              "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+                              "parameters": {"seed": {"values": list(range(reps))}}}, seed=0)
+    bundle = build_data(_overhead_cfg(work, data, epochs, 0), torch.device("cpu"))
+    norm = Normalizer(torch.device("cpu"), False)
+    ours, theirs = [], []
+    for i in range(reps):
+        ours.append(_instrumented(ctl, sweep, _overhead_cfg(work, data, epochs, i), work, epochs))
+        theirs.append(_bare(bundle, norm, epochs))
+    ours, theirs = ours[1:], theirs[1:]
+    pairs = [o["wall"] / b for o, b in zip(ours, theirs)]
+    emit("overhead_workload", f"{epochs} epochs resnet18 at 64 px, {len(bundle.train_ds)} train + {len(bundle.val_ds)} "
+                              f"val images, bs 32, {reps - 1} pairs")
+    emit("trainer_trial_s", statistics.median(o["wall"] for o in ours))
+    emit("bare_loop_trial_s", statistics.median(theirs))
+    emit("trainer_overhead_ratio", statistics.median(pairs))
+    emit("trainer_overhead_ratio_pairs", " ".join(f"{p:.3f}" for p in pairs))
+    # Within each trial (so the machine's load drifts less between numerator and denominator):
+    # its whole wall time over its own train/eval passes.
+    emit("trainer_overhead_ratio_outside_epochs", statistics.median(o["wall"] / o["busy"] for o in ours))
+    emit("trainer_between_epochs_ms", 1000 * statistics.median(o["between"] for o in ours))
+    emit("trainer_end_s", statistics.median(o["end"] for o in ours))
+    emit("trainer_epochs_vs_bare_loop", statistics.median(o["busy"] / b for o, b in zip(ours, theirs)))

@@ -70,7 +70,8 @@ def bench_overhead(work: Path, reps: int = 4, epochs: int = 3) -> None:
     from agent.controller import LocalController
     from agent.store import SQLiteStore
     from cvtrain.demo_data import make_demo_data
-    from cvtrain.engine import Normalizer, build_data
+    from cvtrain.engine import build_data
+    from cvtrain.norm import Normalizer
 
     data = make_demo_data(work / "data-overhead", per_class=40, test_per_class=1, seed=3)
     ctl = LocalController(SQLiteStore(work / "state-overhead"))

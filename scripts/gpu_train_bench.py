@@ -145,7 +145,7 @@ def main() -> int:
     import yaml
     from timm.data import create_dataset, create_loader
 
-    from cvtrain.engine import Normalizer
+    from cvtrain.norm import Normalizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(a.work or tempfile.mkdtemp(prefix="gpu-train-bench-"))

@@ -23,38 +23,15 @@ import sys
 import threading
 import traceback
 
-from cvtrain.config import ConfigError, env_layer, mapping_layer, merged_env, resolve
+from cvtrain.config import ConfigError
 from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 
 from .controller import LocalController
 from .settings import Settings, SettingsError, load_settings, unset_empty_wandb_vars
 from .store import LeaseLost, SQLiteStore, Trial, seed_from_id
+from .trial_config import local_trial_config
 
 log = logging.getLogger("cvsweep.worker")
-
-
-def trial_config(trial: Trial, sweep_id: str, environ=None, env_file: str | None = ".env",
-                 split_seed: int | None = None):
-    """defaults < .env/environment < the sweep's split seed < the trial's sweep parameters < what the
-    controller fixes per trial.
-
-    ``environ`` is the resolved settings' environment (``Settings.env``: .env merged already, no
-    API key); then ``env_file`` is None. ``split_seed``: the sweep's stored seed, so that every trial
-    validates on the same images whatever its ``seed`` (a sweep parameter ``split_seed`` wins).
-    """
-    environ = dict(os.environ if environ is None else environ)
-    fixed = {"output_dir": trial.output_dir, "run_name": trial.name, "run_id": trial.run_id, "group": sweep_id,
-             "job_type": "sweep-trial", "progress": False,
-             # One environment for every trial of a worker: its versions are in each run's config (env).
-             "save_requirements": False}
-    tags = ["cvsweep", f"sweep-{sweep_id}"]
-    shared = {} if split_seed is None else {"split_seed": (split_seed, f"sweep {sweep_id}'s seed")}
-    cfg = resolve(env_layer(merged_env(environ, env_file)), shared, mapping_layer(trial.params, "sweep"),
-                  mapping_layer(fixed, "controller"))
-    cfg.wandb.tags = list(dict.fromkeys([*cfg.wandb.tags, *tags]))
-    if cfg.wandb.mode is None or cfg.wandb.mode == "online":
-        cfg.wandb.mode = "offline"  # local controller: every trial is an offline run, `cvsweep sync` uploads
-    return cfg
 
 
 class WorkerStop:
@@ -152,8 +129,8 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
 
     try:
         sweep_seed = ctl.store.get_sweep(trial.sweep_id).seed
-        cfg = trial_config(trial, trial.sweep_id, environ, env_file=None if environ is not None else ".env",
-                           split_seed=sweep_seed if sweep_seed is not None else seed_from_id(trial.sweep_id))
+        cfg = local_trial_config(trial, environ, env_file=None if environ is not None else ".env",
+                                 split_seed=sweep_seed if sweep_seed is not None else seed_from_id(trial.sweep_id))
         result = train(cfg, reporter=reporter, resume="auto", stop_event=request, wandb_dir=trial.wandb_dir)
         if result.state == "lost":  # another worker's now: its outputs and ending are theirs to record
             return "lost"
@@ -247,7 +224,8 @@ def main(argv=None) -> int:
 def wandb_main(a) -> int:
     """A W&B-backend worker: ``wandb.agent`` in this process; SIGTERM/SIGINT preempt the running
     trial (checkpointed, marked preempting on W&B, requeued by the sweep) and the worker exits 143."""
-    from .wandb_backend import SweepPathError, WandbWorker, sweep_path_from_env
+    from .wandb_backend import SweepPathError, sweep_path_from_env
+    from .wandb_worker import WandbWorker
 
     try:
         path = sweep_path_from_env(a.sweep_id, a.project, a.entity, os.environ)

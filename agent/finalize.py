@@ -142,9 +142,7 @@ def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict) 
             why = incomplete(t)
             if why:
                 again[t.id] = f"{t.name}: {why}"
-        with store.transaction() as c:
-            c.executemany("UPDATE trials SET state='pending', attempts=0, worker=NULL, error=NULL WHERE id=?",
-                          [(i,) for i in again])
+        store.queue_again(list(again))
         if s.state == "finished":
             store.set_sweep_state(s.id, "running")
         return s, True, list(again.values())

@@ -25,6 +25,7 @@ from .settings import SettingsError, load_settings, unset_empty_wandb_vars
 
 def _user_errors():
     """(bad input -> exit 2, other problems -> exit 1): the library's exceptions the user can act on."""
+    # lazy: the modules that raise them load with the command that runs, not for `cvsweep --help`
     from cvtrain.config import ConfigError
     from cvtrain.shift_profile import ProfileError, ShiftError
 

@@ -21,7 +21,7 @@ def settings() -> Settings:
 
 def open_sweep(sweep_id: str, project: str | None = None, entity: str | None = None, backend: str | None = None):
     """The sweep's backend, store and key; a W&B store's in-process calls see .env's key for this command."""
-    from .access import open_sweep as _open
+    from .access import open_sweep as _open  # lazy: each command loads only what it runs: `cvsweep --help` stays fast
 
     ctx = click.get_current_context()
     return _open(settings(), sweep_id, project, entity, backend, enter=ctx.with_resource)

@@ -6,7 +6,17 @@ import json
 import click
 
 from .cli_common import open_sweep, settings, sweep_options
-from .queries import STATE_NAMES, format_table
+from .queries import (
+    STATE_NAMES,
+    format_leaderboard,
+    format_table,
+    get_latest_runs,
+    get_runs,
+    is_finite_number,
+    leaderboard,
+    nothing_to_rank,
+    state_name,
+)
 
 
 @click.command()
@@ -14,6 +24,7 @@ from .queries import STATE_NAMES, format_table
 @sweep_options
 def status(sweep_id, project, entity):
     """Show a sweep's state, trials by state and disk use (the newest local sweep without SWEEP_ID)."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .access import local_store
     from .actions import status_lines
 
@@ -33,6 +44,7 @@ def status(sweep_id, project, entity):
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def list_cmd(fmt):
     """Every local sweep, newest first: id, name, backend, state, trials by state, best, age."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .access import local_store
     from .actions import format_age, sweep_table
     from .store import StoreError
@@ -66,8 +78,8 @@ STATE_CHOICE = click.Choice(STATE_NAMES)
 @sweep_options
 def runs(sweep_id, states, limit, latest, fmt, project, entity):
     """List a sweep's trials (every local sweep's without SWEEP_ID)."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .access import local_store
-    from .queries import get_latest_runs, get_runs, state_name
 
     if sweep_id is None:
         store = local_store(settings())
@@ -100,7 +112,6 @@ def runs(sweep_id, states, limit, latest, fmt, project, entity):
 
 def _clean_and_shifted(t) -> dict:
     """The trial's clean and shifted validation figures (best_val_f1, best_val_shift_f1) that it has."""
-    from .queries import is_finite_number
 
     return {k: t.summary[k] for k in ("best_val_f1", "best_val_shift_f1") if is_finite_number(t.summary.get(k))}
 
@@ -119,7 +130,6 @@ def _fmt(v) -> str:
 @sweep_options
 def leaderboard_cmd(sweep_id, top, metric, fmt, write_back, project, entity):
     """The best trials of a sweep, best first."""
-    from .queries import format_leaderboard, leaderboard, nothing_to_rank
 
     sweep = open_sweep(sweep_id, project, entity)
     try:
@@ -148,6 +158,7 @@ def leaderboard_cmd(sweep_id, top, metric, fmt, write_back, project, entity):
 @sweep_options
 def report(sweep_id, output, top, project, entity):
     """Write one self-contained HTML page for a sweep (opens from disk, no network)."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .report import write_report
 
     sweep = open_sweep(sweep_id, project, entity)

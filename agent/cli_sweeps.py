@@ -10,6 +10,7 @@ from .cli_common import _echo, open_sweep, settings, sweep_options
 
 def load_valid_sweep(file) -> dict:
     """The sweep file's config, or every violation (one line each) and exit code 2."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .validate import SweepFileError, check_sweep_file
 
     try:
@@ -24,6 +25,7 @@ def load_valid_sweep(file) -> dict:
 @click.argument("file", type=click.Path())
 def validate(file):
     """Check a sweep file: the W&B schema plus every check the trainer runs. Exit 2 on any violation."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .validate import path_problems
 
     cfg = load_valid_sweep(file)
@@ -46,6 +48,7 @@ def validate(file):
                    "every trial's training and validation; cvsweep finalize scores its ensemble on it once")
 def create(file, backend, project, entity, seed, holdout):
     """Validate FILE and register the sweep; prints the sweep id as the last line."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .access import default_backend, ensure_reachable, local_store, wandb_call_env
     from .finalize import FinalizeError, with_holdout
     from .validate import absolute_paths, path_problems
@@ -106,6 +109,7 @@ def agent(sweep_id, gpus, gpus_per_trial, workers, count, backend, pin, dry_run,
 
     SIGTERM/SIGINT preempt the running trials (checkpointed; marked preempting on W&B, which
     requeues them) and the command exits 128 + the signal (143 for SIGTERM, 130 for Ctrl-C)."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .actions import run_agents
 
     sweep = open_sweep(sweep_id, project, entity, backend)

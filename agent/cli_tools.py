@@ -18,6 +18,7 @@ from .queries import format_table
 @click.option("--seed", default=0, show_default=True)
 def demo_data(out_dir, per_class, test_per_class, seed):
     """Write the synthetic 17-class document dataset to OUT_DIR (competition layout)."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from cvtrain.demo_data import make_demo_data
 
     out = make_demo_data(out_dir, per_class=per_class, test_per_class=test_per_class, seed=seed)
@@ -37,6 +38,7 @@ def demo_data(out_dir, per_class, test_per_class, seed):
 @click.option("--seed", default=0, show_default=True)
 def shift(data_dir, fmt, output, max_images, test_dir, size, seed):
     """Compare the training with the test images (no labels needed) and recommend a val_shift profile."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from cvtrain.shift import measure_shift, shift_table
     from cvtrain.shift_profile import dump
 
@@ -74,6 +76,7 @@ def slurm(sweep_id, tasks, gpus_per_task, cpus_per_task, time_text, partition, a
           sbatch_args, dry_run, project, entity):
     """Run SWEEP_ID's agents as a SLURM job array (a plain sbatch script beside the sweep's state); prints
     the job id last. Tasks get SIGTERM before their time limit, checkpoint, and requeue themselves."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .access import AccessProblem
     from .slurm import SlurmError, parse_time
     from .slurm_jobs import SubmitError, make_plan, need_sbatch, submit, write_script
@@ -107,6 +110,7 @@ def slurm(sweep_id, tasks, gpus_per_task, cpus_per_task, time_text, partition, a
 @click.option("--dry-run", is_flag=True, help="list what would be uploaded")
 def sync(sweep_id, dry_run):
     """Upload a local sweep's offline runs to W&B (grouped by sweep id) with `wandb sync`."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .access import AccessProblem, ensure_reachable, wandb_access
 
     if "/" in sweep_id:
@@ -157,6 +161,7 @@ def finalize(sweep_id, top, folds, tta, gpus, workers, seed, output, project, en
 
     Prints the selected ensemble's nested out-of-fold macro-F1 as the last line (oof_macro_f1: X).
     """
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from cvtrain.tta import TTA_VIEWS
 
     from .actions import run_finalize
@@ -176,6 +181,7 @@ def finalize(sweep_id, top, folds, tta, gpus, workers, seed, output, project, en
 @click.option("--workers", type=click.IntRange(1), default=None)
 def demo(data_dir, sweep_file, gpus, workers):
     """Demo data (made if missing) -> a local sweep -> leaderboard -> finalize (submission.csv) -> report."""
+    # lazy: what this command runs loads with it; `cvsweep --help` and the other commands stay fast
     from .actions import run_demo
 
     sys.exit(run_demo(settings(), data_dir, sweep_file, gpus, workers, echo=_echo))

@@ -114,6 +114,7 @@ def hyperband_reason(sweep_config: dict, run, metric: str, maximize: bool, epoch
     and writes negated values for a maximised metric; the bands and thresholds it
     returns, with this run's history and the strictness it used, say it plainly.
     """
+    # lazy: W&B's engine loads once, through import_sweeps (its warnings filtered), when the controller starts
     from sweeps.hyperband_stopping import hyperband_baseline_validate_and_fill
 
     info = run.early_terminate_info or {}
@@ -193,7 +194,7 @@ class LocalController:
             return contextlib.nullcontext()
         if self._blas is None:
             import sweeps.bayes_search  # noqa: F401 - loads scipy's own BLAS, which the limit must see
-            from threadpoolctl import ThreadpoolController
+            from threadpoolctl import ThreadpoolController  # lazy: bayes sweeps only
 
             self._blas = ThreadpoolController()
         return self._blas.limit(limits=1, user_api="blas")

@@ -14,8 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
+from plotly.offline import get_plotlyjs
 
+from .finalize import final_path
 from .queries import format_cell, is_finite_number, leaderboard, state_counts, varying_columns
 from .report_charts import (
     confusion_figure,
@@ -28,7 +31,7 @@ from .report_charts import (
 )
 from .report_final import final_section, finalist_marks
 from .report_shift import clean_vs_shifted, has_shift, shift_curves
-from .store import RunStore, Sweep, Trial
+from .store import RunStore, Sweep, Trial, state_dir
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 
@@ -60,8 +63,6 @@ def collect(store: RunStore, sweep_id: str, curves_for: int = 10) -> ReportData:
                 p = Path(out_dir) / fname
                 if p.is_file():
                     data.best_files[key] = json.loads(p.read_text())
-    from .finalize import final_path
-    from .store import state_dir
 
     fp = final_path(getattr(store, "root", None) or state_dir(), sweep.id)
     if fp.is_file():
@@ -75,7 +76,6 @@ def param_importance(trials: list[Trial], metric: str) -> tuple[list[dict], str 
 
     Categorical parameters are one-hot encoded (one row per value). Returns (rows, note).
     """
-    import numpy as np
 
     done = [t for t in trials if t.state == "finished" and is_finite_number(t.metric)]
     if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
@@ -99,7 +99,7 @@ def param_importance(trials: list[Trial], metric: str) -> tuple[list[dict], str 
         return [], "Parameter importance needs at least one parameter that varies between finished trials."
     X = np.array([c[1] for c in columns]).T
     y = np.array([t.metric for t in done], dtype=float)
-    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.ensemble import RandomForestRegressor  # lazy: sklearn loads only when there are enough trials to rank
 
     rf = RandomForestRegressor(n_estimators=200, random_state=0).fit(X, y)
     out = []
@@ -134,7 +134,6 @@ class Page:
         self.parts.append(f'<p class="note">{html.escape(text)}</p>')
 
     def render(self) -> str:
-        from plotly.offline import get_plotlyjs
 
         return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
                 f"<title>{html.escape(self.title)}</title><style>{_CSS}</style>"

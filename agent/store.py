@@ -23,6 +23,7 @@ from typing import Iterator
 from cvtrain.split import split_seed_from_sweep_id
 
 from .records import STATES, TERMINAL, LeaseLost, Owner, RunStore, StoreError, Sweep, Trial  # noqa: F401 - the records are the store's vocabulary: most callers import them from here
+from .settings import load_settings
 from .store_schema import SchemaError, init_schema
 
 
@@ -30,8 +31,6 @@ def state_dir(path: str | os.PathLike | None = None) -> Path:
     """``path``, else CVSWEEP_DIR as the settings resolve it (environment over .env over ``.cvsweep``)."""
     if path:
         return Path(path)
-    from .settings import load_settings
-
     return load_settings().state_dir
 
 

@@ -14,14 +14,17 @@ The key is never passed around here: wandb finds it itself (environment, ``~/.ne
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional
 
+from .queries import param_columns
 from .store import RunStore, Sweep, Trial
 
 DEFAULT_PROJECT = "cvsweep"
@@ -84,7 +87,7 @@ def full_path(path: SweepPath, api=None) -> SweepPath:
 
 
 def _api():
-    import wandb
+    import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
     return wandb.Api()
 
@@ -221,7 +224,6 @@ def _ts(value) -> Optional[float]:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    from datetime import datetime, timezone
 
     try:
         dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -235,7 +237,7 @@ def _ts(value) -> Optional[float]:
 # ---------------------------------------------------------------------------
 def create_wandb_sweep(cfg: dict, project: str, entity: str | None = None) -> SweepPath:
     """``wandb.sweep``: the W&B server becomes the controller. Returns the sweep's full path."""
-    import wandb
+    import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
     sweep_id = wandb.sweep(sweep=cfg, project=project, entity=entity)
     return full_path(SweepPath(project, sweep_id, entity))
@@ -263,9 +265,8 @@ def write_back_leaderboard(store: RunStore, sweep: Sweep, rows: list[dict], back
 
     Local sweeps get an offline run under the sweep's directory (``cvsweep sync`` uploads it).
     """
-    import wandb
+    import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
-    from .queries import param_columns
 
     params = param_columns(rows)
     columns = ["rank", "run", "run_id", "state", rows[0]["metric_name"] if rows else "metric", "stopped", *params]
@@ -295,7 +296,6 @@ def write_back_leaderboard(store: RunStore, sweep: Sweep, rows: list[dict], back
 
 def _cell(v):
     if isinstance(v, (dict, list)):
-        import json
 
         return json.dumps(v, sort_keys=True)
     return v
@@ -304,7 +304,7 @@ def _cell(v):
 def log_submission(result, submission, sweep: Sweep, backend: str, state_root) -> str:
     """A ``finalize`` run grouped with the parent sweep: the submission as an artifact, OOF figures in its
     metadata and summary. Local sweeps get an offline run (``cvsweep sync`` uploads it)."""
-    import wandb
+    import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
     meta = {"oof_macro_f1": result.oof_macro_f1, "folds": result.folds, "parent_sweep": result.parent,
             "final_sweep": result.final_sweep, "n_images": result.n_images,

@@ -15,6 +15,7 @@ as ``lost`` and this worker writes nothing more about it, files or records.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -30,6 +31,8 @@ from .controller import LocalController
 from .settings import Settings, SettingsError, load_settings, unset_empty_wandb_vars
 from .store import LeaseLost, SQLiteStore, Trial, seed_from_id
 from .trial_config import local_trial_config
+from .wandb_backend import SweepPathError, sweep_path_from_env
+from .wandb_worker import WandbWorker
 
 log = logging.getLogger("cvsweep.worker")
 
@@ -81,21 +84,11 @@ def _heartbeat(ctl: LocalController, trial: Trial, stop: StopRequest, done: thre
             return
 
 
-def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: WorkerStop | threading.Event,
-              environ=None) -> str:
-    """Train one claimed trial; record how it ended. Returns the state (``lost``: recorded by its new owner).
-
-    Every write names the claim's owner: a refused report stops training as lost; a lost trial's
-    outputs and ending are the new owner's to write.
-    """
-    from cvtrain.engine import train
-
-    stops = stop_event if isinstance(stop_event, WorkerStop) else WorkerStop(stop_event)
-    request = stops.new_trial()
+def _owner_writes(ctl: LocalController, trial: Trial, request: StopRequest):
+    """The trainer's epoch reporter (with ``holds``, asked between the steps that end the trial) and the
+    function that records the trial's end; each names the claim's owner, and a refusal stops the trial
+    as lost."""
     owner = trial.owner
-    done = threading.Event()
-    hb = threading.Thread(target=_heartbeat, args=(ctl, trial, request, done), name="cvsweep-heartbeat", daemon=True)
-    hb.start()
 
     def reporter(epoch: int, metrics: dict):
         try:
@@ -127,6 +120,24 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
             return "lost"
         return state
 
+    return reporter, record
+
+
+def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: WorkerStop | threading.Event,
+              environ=None) -> str:
+    """Train one claimed trial; record how it ended. Returns the state (``lost``: recorded by its new owner).
+
+    Every write names the claim's owner: a refused report stops training as lost; a lost trial's
+    outputs and ending are the new owner's to write.
+    """
+    from cvtrain.engine import train  # lazy: torch, timm; the worker loads them once (settle_imports)
+
+    stops = stop_event if isinstance(stop_event, WorkerStop) else WorkerStop(stop_event)
+    request = stops.new_trial()
+    done = threading.Event()
+    hb = threading.Thread(target=_heartbeat, args=(ctl, trial, request, done), name="cvsweep-heartbeat", daemon=True)
+    hb.start()
+    reporter, record = _owner_writes(ctl, trial, request)
     try:
         sweep_seed = ctl.store.get_sweep(trial.sweep_id).seed
         cfg = local_trial_config(trial, environ, env_file=None if environ is not None else ".env",
@@ -180,8 +191,6 @@ def settle_imports() -> None:
     """Import what every trial needs, once, then take those objects out of the cyclic garbage
     collector's walks (``gc.freeze``): with torch, timm and wandb loaded, each full collection
     walked them all (~0.2 s, measured, every few epoch reports, and in training alike)."""
-    import gc
-
     import wandb  # noqa: F401
 
     import cvtrain.engine  # noqa: F401 - torch, timm
@@ -224,8 +233,6 @@ def main(argv=None) -> int:
 def wandb_main(a) -> int:
     """A W&B-backend worker: ``wandb.agent`` in this process; SIGTERM/SIGINT preempt the running
     trial (checkpointed, marked preempting on W&B, requeued by the sweep) and the worker exits 143."""
-    from .wandb_backend import SweepPathError, sweep_path_from_env
-    from .wandb_worker import WandbWorker
 
     try:
         path = sweep_path_from_env(a.sweep_id, a.project, a.entity, os.environ)

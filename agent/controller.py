@@ -5,9 +5,10 @@ passed in so tests can drive it. This module adds only what the server adds:
 run_cap, metric.target, leases with requeue of lost trials, and early-stop
 decisions on every epoch report.
 
-Decide, then do: :func:`decide_claim` is a pure function from the sweep and its
-trials to a :class:`ClaimDecision`; :meth:`LocalController.claim` reads, decides
-and applies the decision in one transaction.
+Decide, then do: :mod:`agent.decisions` holds the pure functions (``decide_claim``,
+``decide_report``, ``decide_finish``) from the sweep, its trials and the report or
+ending to what to write; ``claim``, ``report`` and ``finish`` read, decide and apply
+the decision in one transaction. All SQL is the store's.
 
 Who owns a trial: a claim gives a worker a lease and an attempt number
 (:class:`~agent.store.Owner`). Every later write about the trial (heartbeat,

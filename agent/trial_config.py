@@ -3,7 +3,8 @@
 defaults < .env/environment < the sweep's split seed < the trial's sweep parameters < what the
 worker fixes per trial. The local worker gives the parameters the controller chose and the run's
 identity; the W&B worker gives the parameters ``wandb.agent`` wrote (``WANDB_SWEEP_PARAM_PATH``).
-The API key is never a setting: it stays in the environment, for wandb to find.
+The API key is never written: the local worker's environment (``Settings.env``) has none, and the
+trainer keeps a key it finds out of every config and file it writes (``cvtrain.config.SECRET_FIELDS``).
 """
 from __future__ import annotations
 

@@ -14,8 +14,12 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
+from cvtrain.tracking import AccessError
+from cvtrain.tracking import wandb_access as access
+
 from .settings import KEY_VAR, Settings
 from .store import RunStore, SQLiteStore, StoreError
+from .wandb_backend import WandbStore, full_path, sweep_path_from_env
 
 
 class AccessProblem(RuntimeError):
@@ -69,8 +73,6 @@ class OpenSweep:
 
 def wandb_access(s: Settings, mode: str | None = None):
     """How wandb would reach W&B from here (environment, .env, ~/.netrc, wandb settings)."""
-    from cvtrain.tracking import AccessError
-    from cvtrain.tracking import wandb_access as access
 
     try:
         return access(mode if mode is not None else s.env.get("WANDB_MODE"), s.api_key, s.env.get("WANDB_BASE_URL"),
@@ -109,7 +111,6 @@ def open_sweep(s: Settings, sweep_id: str, project: str | None = None, entity: s
     """The sweep's backend and store: local when the local store has the id, else W&B (``backend``
     forces one). ``enter`` keeps :func:`wandb_call_env` open for as long as the caller uses a W&B store
     (the CLI passes its context's ``with_resource``)."""
-    from .wandb_backend import WandbStore, full_path, sweep_path_from_env
 
     root_db = s.state_dir / "cvsweep.db"
     local_miss = None

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 from .access import OpenSweep, local_store
+from .queries import format_leaderboard, format_table, leaderboard, nothing_to_rank, progress_line, state_counts
 from .settings import Settings
+from .store import disk_usage
+from .validate import check_sweep_file
+from .wandb_backend import log_submission, write_back_leaderboard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 Echo = Callable[..., None]
 
 
 def _print(text: str = "", err: bool = False) -> None:
-    import sys
 
     print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
@@ -32,6 +36,7 @@ def run_agents(s: Settings, sweep: OpenSweep, gpus: str = "all", gpus_per_trial:
 
     Raises :class:`~agent.launcher.LaunchError` for a plan that cannot be (bad --gpus, say).
     """
+    # lazy: GPU discovery and the launcher (psutil, NVML), for `cvsweep agent` only
     from cvtrain.gpus import Visible, visible_gpus
 
     from .launcher import (
@@ -79,7 +84,6 @@ def run_agents(s: Settings, sweep: OpenSweep, gpus: str = "all", gpus_per_trial:
 
 def _progress_printer(sweep: OpenSweep, echo: Echo) -> Callable[[], None]:
     """The launcher's progress callback: the sweep's progress line, whenever it changes."""
-    from .queries import progress_line
 
     last = [None]
 
@@ -98,8 +102,13 @@ def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int 
                  echo: Echo = _print) -> int:
     """The top configurations retrained on folds (a local grid sweep), the ensemble, the submission.
     The last line printed is ``oof_macro_f1: X``. Raises :class:`~agent.finalize.FinalizeError`."""
-    from .finalize import collect, finalize_config, find_or_create_final_sweep, select_finalists, write_outputs
-    from .wandb_backend import log_submission
+    from .finalize import (  # lazy: numpy and the trainer's settings, for finalize only
+        collect,
+        finalize_config,
+        find_or_create_final_sweep,
+        select_finalists,
+        write_outputs,
+    )
 
     parent = parent_sweep.store.get_sweep(parent_sweep.key)
     finalists = select_finalists(parent_sweep.store, parent_sweep.key, top)
@@ -156,13 +165,10 @@ def _echo_result(result, echo: Echo) -> None:
 def run_demo(s: Settings, data_dir: str = "data/demo", sweep_file: str | None = None, gpus: str = "all",
              workers: int | None = None, echo: Echo = _print) -> int:
     """Demo data (made if missing) -> a local sweep -> leaderboard -> finalize -> report."""
-    from cvtrain.demo_data import make_demo_data
+    from cvtrain.demo_data import make_demo_data  # lazy: PIL and numpy, for the demo only
 
-    from .controller import LocalController
-    from .queries import format_leaderboard, leaderboard, nothing_to_rank
-    from .report import write_report
-    from .validate import check_sweep_file
-    from .wandb_backend import write_back_leaderboard
+    from .controller import LocalController  # lazy: numpy and the search engine, for the demo only
+    from .report import write_report  # lazy: plotly, for the demo's report only
 
     if not (Path(data_dir) / "train.csv").exists():
         echo(f"making demo data in {data_dir} ...")
@@ -196,9 +202,8 @@ def run_demo(s: Settings, data_dir: str = "data/demo", sweep_file: str | None = 
 
 def _demo_shift_report(data_dir: str, s: Settings, echo: Echo) -> dict:
     """`cvsweep shift` on the demo data, small and fast (64 px, 60 images a side): table and profile."""
-    from cvtrain.shift import measure_shift, shift_table
+    from cvtrain.shift import measure_shift, shift_table  # lazy: torch, for the demo's shift report only
 
-    from .queries import format_table
 
     result = measure_shift(data_dir, max_images=60, size=64, cache_dir=s.env.get("CVTRAIN_CACHE_DIR") or None)
     result["train"].pop("per_class", None)
@@ -210,7 +215,6 @@ def _demo_shift_report(data_dir: str, s: Settings, echo: Echo) -> dict:
 # ---------------------------------------------------------------------------
 def status_lines(sweep: OpenSweep) -> list[str]:
     """A sweep's state, method, trials by state and (local) disk use."""
-    from .queries import state_counts
 
     sw = sweep.store.get_sweep(sweep.key)
     counts = state_counts(sweep.store.list_trials(sweep.key))
@@ -220,7 +224,6 @@ def status_lines(sweep: OpenSweep) -> list[str]:
              f"method {sw.config.get('method')}, metric {sw.metric_name} ({sw.goal}), run_cap {sw.config.get('run_cap')}",
              "trials: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none yet")]
     if sweep.backend == "local":
-        from .store import disk_usage
 
         d = sweep.store.root / "sweeps" / sw.id
         total, ckpts = disk_usage(d), disk_usage(d, "**/checkpoints/*.pt")
@@ -230,7 +233,6 @@ def status_lines(sweep: OpenSweep) -> list[str]:
 
 def sweep_table(store, now: float | None = None) -> list[dict]:
     """Every local sweep, newest first: id, name, backend, state, trials by state, best, age."""
-    from .queries import leaderboard, state_counts
 
     now = time.time() if now is None else now
     out = []

@@ -5,9 +5,10 @@ passed in so tests can drive it. This module adds only what the server adds:
 run_cap, metric.target, leases with requeue of lost trials, and early-stop
 decisions on every epoch report.
 
-Decide, then do: :func:`decide_claim` is a pure function from the sweep and its
-trials to a :class:`ClaimDecision`; :meth:`LocalController.claim` reads, decides
-and applies the decision in one transaction.
+Decide, then do: :mod:`agent.decisions` holds the pure functions (``decide_claim``,
+``decide_report``, ``decide_finish``) from the sweep, its trials and the report or
+ending to what to write; ``claim``, ``report`` and ``finish`` read, decide and apply
+the decision in one transaction. All SQL is the store's.
 
 Who owns a trial: a claim gives a worker a lease and an attempt number
 (:class:`~agent.store.Owner`). Every later write about the trial (heartbeat,
@@ -23,7 +24,6 @@ seed and results give the same suggestions; two claims never share a seed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import random
 import re
 import secrets
@@ -34,14 +34,13 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from .decisions import ClaimDecision, decide_claim, decide_finish, decide_report
 from .queries import auto_increment_run_suffix, is_finite_number
 from .settings import DEFAULT_LEASE_SECONDS
-from .store import LeaseLost, Owner, SQLiteStore, StoreError, Sweep, Trial, seed_from_id
+from .store import LeaseLost, Owner, SQLiteStore, Sweep, Trial, seed_from_id
 from .validate import import_sweeps
 
 MAX_ATTEMPTS = 3
-CLAIMABLE = ("pending", "preempted")
-ACTIVE = ("pending", "preempted", "running")
 
 
 @dataclass
@@ -96,85 +95,6 @@ def seeded_rngs(seed: int, n_trials: int) -> Iterator[None]:
 
 
 # -- the claim, decided ---------------------------------------------------------
-@dataclass(frozen=True)
-class Requeue:
-    """A running trial whose lease ran out: back to ``pending``, or ``crashed`` after too many losses."""
-    trial_id: int
-    state: str
-    attempts: int
-    error: str
-
-
-@dataclass(frozen=True)
-class ClaimDecision:
-    status: str                          # claimed | wait | paused | done
-    reason: str = ""
-    requeue: tuple[Requeue, ...] = ()
-    finish_sweep: bool = False           # the sweep is finished, for ``reason``
-    trial_id: Optional[int] = None       # claimed: this queued trial ...
-    params: Optional[dict] = None        # ... or a new trial with these parameters
-
-
-def expired_leases(trials: list[Trial], now: float, max_attempts: int) -> tuple[Requeue, ...]:
-    out = []
-    for t in trials:
-        if t.state == "running" and t.lease_expires is not None and t.lease_expires < now:
-            attempts = t.attempts + 1
-            if attempts >= max_attempts:
-                out.append(Requeue(t.id, "crashed", attempts,
-                                   f"worker {t.worker} lost {attempts} times (lease expired); not retried"))
-            else:
-                out.append(Requeue(t.id, "pending", attempts, f"worker {t.worker} lost (lease expired); requeued"))
-    return tuple(out)
-
-
-def target_met(sweep: Sweep, trials: list[Trial]) -> Optional[Trial]:
-    target = (sweep.config.get("metric") or {}).get("target")
-    if target is None:
-        return None
-    maximize = sweep.goal.startswith("max")
-    for t in trials:
-        if t.state == "finished" and is_finite_number(t.metric) and (t.metric >= target if maximize else t.metric <= target):
-            return t
-    return None
-
-
-def decide_claim(sweep: Sweep, trials: list[Trial], now: float, max_attempts: int,
-                 suggest: Callable[[list[Trial]], Optional[dict]]) -> ClaimDecision:
-    """What a claim does, in order: requeue lost trials, honour pause and metric.target, hand out a
-    queued trial, enforce run_cap, else ask ``suggest(trials)`` for new parameters. No I/O."""
-    if sweep.state in ("finished", "cancelled"):
-        return ClaimDecision("done", f"sweep {sweep.state}" + (f": {sweep.finished_reason}" if sweep.finished_reason else ""))
-    requeue = expired_leases(trials, now, max_attempts)
-    changed = {r.trial_id: r for r in requeue}
-    view = [dataclasses.replace(t, state=changed[t.id].state, attempts=changed[t.id].attempts, worker=None)
-            if t.id in changed else t for t in trials]
-    if sweep.state == "paused":
-        return ClaimDecision("paused", "sweep paused; `cvsweep resume` continues it", requeue)
-    hit = target_met(sweep, view)
-    if hit is not None:
-        return ClaimDecision("done", f"metric.target reached by {hit.name} ({hit.metric:.4g})", requeue, True)
-    queued = [t for t in view if t.state in CLAIMABLE]
-    if queued:
-        t = queued[0]
-        return ClaimDecision("claimed", "resumed" if t.state == "preempted" or t.attempts else "queued", requeue,
-                             trial_id=t.id)
-    running = sum(t.state == "running" for t in view)
-    cap = sweep.config.get("run_cap")
-    if cap is not None and len(view) >= cap:
-        return _no_new_work(f"run_cap {cap} reached", running, requeue)
-    params = suggest(view)
-    if params is None:
-        return _no_new_work("search space exhausted", running, requeue)
-    return ClaimDecision("claimed", "new", requeue, params=params)
-
-
-def _no_new_work(reason: str, running: int, requeue: tuple) -> ClaimDecision:
-    if running:
-        return ClaimDecision("wait", f"{reason}; {running} trial(s) still running", requeue)
-    return ClaimDecision("done", reason, requeue, finish_sweep=True)
-
-
 def _worst(values: list, goal: str) -> Optional[float]:
     """The worst finite value for ``goal`` (None when there is none)."""
     finite = [v for v in values if is_finite_number(v)]
@@ -195,6 +115,7 @@ def hyperband_reason(sweep_config: dict, run, metric: str, maximize: bool, epoch
     and writes negated values for a maximised metric; the bands and thresholds it
     returns, with this run's history and the strictness it used, say it plainly.
     """
+    # lazy: W&B's engine loads once, through import_sweeps (its warnings filtered), when the controller starts
     from sweeps.hyperband_stopping import hyperband_baseline_validate_and_fill
 
     info = run.early_terminate_info or {}
@@ -274,7 +195,7 @@ class LocalController:
             return contextlib.nullcontext()
         if self._blas is None:
             import sweeps.bayes_search  # noqa: F401 - loads scipy's own BLAS, which the limit must see
-            from threadpoolctl import ThreadpoolController
+            from threadpoolctl import ThreadpoolController  # lazy: bayes sweeps only
 
             self._blas = ThreadpoolController()
         return self._blas.limit(limits=1, user_api="blas")
@@ -313,7 +234,7 @@ class LocalController:
         lease = dict(state="running", worker=worker, started_at=now, heartbeat_at=now, lease_expires=now + self.lease)
         if d.trial_id is not None:
             self.store.update_trial(d.trial_id, conn=c, **lease)
-            c.execute("UPDATE trials SET attempt=attempt+1 WHERE id=?", (d.trial_id,))
+            self.store.next_attempt(d.trial_id, conn=c)
             return Claim("claimed", self.store.get_trial(d.trial_id, conn=c), reason=d.reason)
         name = auto_increment_run_suffix([t.name for t in trials], sweep.name or sweep.id)
         sdir = self.sweep_dir(sweep.id)
@@ -323,25 +244,10 @@ class LocalController:
         return Claim("claimed", trial, reason=d.reason)
 
     # -- during a trial: every write names its owner ---------------------------------
-    @staticmethod
-    def _owned(c, trial_id: int, owner: Owner):
-        """The trial's row, when ``owner`` still holds it; else LeaseLost (the transaction rolls back)."""
-        row = c.execute("SELECT sweep_id, name, state, worker, attempt FROM trials WHERE id=?", (trial_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"no trial {trial_id}")
-        if row["state"] != "running" or row["worker"] != owner.worker or row["attempt"] != owner.attempt:
-            holder = f"held by {row['worker']} (attempt {row['attempt']})" if row["state"] == "running" else row["state"]
-            raise LeaseLost(f"trial {row['name']} is {holder}: refused a write from {owner}")
-        return row
-
     def heartbeat(self, trial_id: int, owner: Owner) -> bool:
         """Extend the lease; False when the trial is no longer ``owner``'s."""
         now = self.clock()
-        with self.store.transaction() as c:
-            cur = c.execute("UPDATE trials SET heartbeat_at=?, lease_expires=? "
-                            "WHERE id=? AND worker=? AND attempt=? AND state='running'",
-                            (now, now + self.lease, trial_id, owner.worker, owner.attempt))
-            return cur.rowcount == 1
+        return self.store.extend_lease(trial_id, owner, now, now + self.lease)
 
     def report(self, trial_id: int, epoch: int, metrics: dict, *, owner: Owner) -> Optional[str]:
         """Store one epoch and extend the lease; answer "stop" when hyperband (or a cancel) says so.
@@ -354,34 +260,33 @@ class LocalController:
         """
         now = self.clock()
         with self.store.transaction() as c:
-            row = self._owned(c, trial_id, owner)
+            row = self.store.owned_trial(trial_id, owner, conn=c)
             sweep = self.store.get_sweep(row["sweep_id"], conn=c)
-            metric = sweep.metric_name
-            value = metrics.get(metric) if metric else None
-            value = float(value) if is_finite_number(value) else None
-            self.store.add_history(trial_id, epoch, value, plain(metrics), conn=c, attempt=owner.attempt, reported_at=now)
+            d = decide_report(sweep, metrics, now, self.lease)
+            self.store.add_history(trial_id, epoch, d.value, plain(metrics), conn=c, attempt=owner.attempt,
+                                   reported_at=now)
             # Epochs after this one are an earlier attempt's: a restart from scratch (epoch 1) drops them
             # all, a resume from last.pt keeps the epochs it resumed from. Hyperband judges this attempt.
-            c.execute("DELETE FROM history WHERE trial_id=? AND epoch>?", (trial_id, epoch))
-            cols = dict(heartbeat_at=now, lease_expires=now + self.lease)
-            if value is not None:
-                cols["metric"] = value
-            self.store.update_trial(trial_id, conn=c, **cols)
-            if sweep.state == "cancelled":
-                self.store.update_trial(trial_id, conn=c, stop_reason="sweep cancelled")
+            self.store.drop_history_after(trial_id, epoch, conn=c)
+            self.store.update_trial(trial_id, conn=c, **d.cols)
+            if d.stop:
                 return "stop"
-            if not sweep.config.get("early_terminate") or value is None:
-                return None
-            trials = self.store.trials_for_search(sweep.id, conn=c, with_params=False, with_history=True)
-            # Hyperband judges this run at its latest band <= its own epochs, from the other runs' values
-            # at those bands: histories cut to this run's length give the same decision, for less work.
-            depth = len(next(t.history for t in trials if t.id == trial_id))
-            runs = self._sweep_runs(sweep, trials, with_history=True, with_config=False, depth=depth)
-            for r in self.stop_runs(sweep.config, runs):
-                if r.name == row["name"]:
-                    why = hyperband_reason(sweep.config, r, metric, sweep.goal.startswith("max"), epoch)
-                    self.store.update_trial(trial_id, conn=c, stopped=1, stop_reason=why)
-                    return "stop"
+            why = self._hyperband(c, sweep, trial_id, row["name"], epoch) if d.judge else None
+            if why:
+                self.store.update_trial(trial_id, conn=c, stopped=1, stop_reason=why)
+                return "stop"
+        return None
+
+    def _hyperband(self, c, sweep: Sweep, trial_id: int, name: str, epoch: int) -> Optional[str]:
+        """Why hyperband stops this run after ``epoch``, or None when it goes on."""
+        trials = self.store.trials_for_search(sweep.id, conn=c, with_params=False, with_history=True)
+        # Hyperband judges this run at its latest band <= its own epochs, from the other runs' values
+        # at those bands: histories cut to this run's length give the same decision, for less work.
+        depth = len(next(t.history for t in trials if t.id == trial_id))
+        runs = self._sweep_runs(sweep, trials, with_history=True, with_config=False, depth=depth)
+        for r in self.stop_runs(sweep.config, runs):
+            if r.name == name:
+                return hyperband_reason(sweep.config, r, sweep.metric_name, sweep.goal.startswith("max"), epoch)
         return None
 
     def finish(self, trial_id: int, state: str, summary: dict | None = None, error: str | None = None, *,
@@ -393,28 +298,9 @@ class LocalController:
         summary = plain(summary or {})
         now = self.clock()
         with self.store.transaction() as c:
-            row = self._owned(c, trial_id, owner)
+            row = self.store.owned_trial(trial_id, owner, conn=c)
             sweep = self.store.get_sweep(row["sweep_id"], conn=c)
-            cols: dict = dict(summary=summary, finished_at=now, lease_expires=None)
-            metric = sweep.metric_name
-            if metric and is_finite_number(summary.get(metric)):
-                cols["metric"] = float(summary[metric])
-            if state == "stopped":
-                # Marked finished with its real metric, as W&B does: bayes must not score it as worst.
-                if sweep.state == "cancelled":
-                    state = "killed"
-                else:
-                    state = "finished"
-                    cols["stopped"] = 1
-            elif state == "finished":  # ran all its epochs: a stop answered at the last one changed nothing
-                cols.update(stopped=0, stop_reason=None)
-            if state == "preempted":
-                cols.update(worker=None, finished_at=None)
-            cols["state"] = state
-            if error is not None:
-                cols["error"] = error[:4000]
-            self.store.update_trial(trial_id, conn=c, **cols)
+            self.store.update_trial(trial_id, conn=c, **decide_finish(sweep, state, summary, error, now))
 
 
-__all__ = ["Claim", "ClaimDecision", "LeaseLost", "LocalController", "Owner", "Requeue", "decide_claim",
-           "hyperband_reason", "seeded_rngs"]
+__all__ = ["Claim", "LeaseLost", "LocalController", "Owner", "hyperband_reason", "seeded_rngs"]

@@ -31,9 +31,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cvtrain.config import GROUPS, PARAM_KEYS
+from cvtrain.config import GROUPS, PARAM_KEYS, DataConfig
 
 from . import ensemble as E
+from .controller import LocalController
+from .fold_outputs import OutputsError, incomplete, read_folds
 from .queries import leaderboard
 from .store import RunStore, SQLiteStore, Sweep
 
@@ -127,8 +129,6 @@ def finalize_config(parent: Sweep, finalists: list[Finalist], folds: int, tta: l
 def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict) -> tuple[Sweep, bool, list[str]]:
     """The finalize sweep with exactly this config (resumed: its whole folds stay), else a new one;
     and the fold trials queued again, each with why."""
-    from .controller import LocalController
-    from .fold_outputs import incomplete
 
     for s in reversed(store.list_sweeps()):
         if s.config != config or s.state == "cancelled":
@@ -142,9 +142,7 @@ def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict) 
             why = incomplete(t)
             if why:
                 again[t.id] = f"{t.name}: {why}"
-        with store.transaction() as c:
-            c.executemany("UPDATE trials SET state='pending', attempts=0, worker=NULL, error=NULL WHERE id=?",
-                          [(i,) for i in again])
+        store.queue_again(list(again))
         if s.state == "finished":
             store.set_sweep_state(s.id, "running")
         return s, True, list(again.values())
@@ -196,7 +194,6 @@ class FinalResult:
 
 def collect(store: SQLiteStore, final: Sweep, finalists: list[Finalist], folds: int) -> FinalResult:
     """Read every fold's predictions and score them (:func:`score`); FinalizeError when some are missing."""
-    from .fold_outputs import OutputsError, read_folds
 
     try:
         data, missing = read_folds(store, final, [f.params for f in finalists])
@@ -212,8 +209,7 @@ def collect(store: SQLiteStore, final: Sweep, finalists: list[Finalist], folds: 
 
 def score(data, finalists: list[Finalist], final: Sweep, folds: int, n_boot: int = 2000) -> FinalResult:
     """The ensemble out of fold (agent.ensemble) from the fold trials' arrays (fold_outputs.FoldOutputs)."""
-    from cvtrain.config import DataConfig
-    from cvtrain.data import folds_stratified, small_classes
+    from cvtrain.data import folds_stratified, small_classes  # lazy: the trainer's data path (torch)
 
     est = E.score(data.oof["tta"], data.y, data.fold_of, n_boot=n_boot)
     c = data.oof["tta"].shape[2]
@@ -254,7 +250,7 @@ def _points(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray) -> dict:
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, c: int) -> list:
-    from cvtrain.metrics import confusion
+    from cvtrain.metrics import confusion  # lazy: sklearn, when the scores are written
 
     return confusion(y, pred, c).tolist()
 
@@ -266,7 +262,7 @@ def final_path(state_root: Path, parent_id: str) -> Path:
 
 def write_outputs(result: FinalResult, output: str | Path, state_root: Path) -> Path:
     """The submission CSV (sample_submission order and header) and final.json beside the parent sweep."""
-    from cvtrain.predict import read_test_set, write_submission
+    from cvtrain.predict import read_test_set, write_submission  # lazy: the trainer's predict path (torch)
 
     data_dir, sample_submission = result.data_dir, result.sample_submission
     if not data_dir:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+import plotly.graph_objects as go
+
 
 def _num(x) -> str:
     return "-" if x is None else f"{x:.4f}"
@@ -12,7 +14,6 @@ def _num(x) -> str:
 def final_section(page, final: dict, metric: str) -> None:
     """`cvsweep finalize`: each configuration's weight and out-of-fold figures, the three ensemble
     estimates with 90% intervals and their spread over folds, the holdout apart."""
-    import plotly.graph_objects as go
 
     how = "stratified" if final.get("folds_stratified", True) else "plain (not stratified: a class has one image)"
     views = ", ".join(final.get("oof_views") or ["none"])

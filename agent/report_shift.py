@@ -1,6 +1,9 @@
 """The report's figures for a sweep with val_shift: clean and shifted validation side by side."""
 from __future__ import annotations
 
+import plotly.colors
+import plotly.graph_objects as go
+
 from .queries import is_finite_number
 from .store import Trial
 
@@ -11,8 +14,6 @@ def has_shift(curves: dict[str, list[dict]]) -> bool:
 
 def shift_curves(curves: dict[str, list[dict]], by_id: dict[str, Trial]):
     """Per trial: val_f1 (solid) and val_shift_f1 (dashed, same colour) over the epochs."""
-    import plotly.colors
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     palette = plotly.colors.qualitative.Plotly
@@ -30,7 +31,6 @@ def shift_curves(curves: dict[str, list[dict]], by_id: dict[str, Trial]):
 
 def clean_vs_shifted(trials: list[Trial]):
     """One point per trial: best_val_f1 against best_val_shift_f1, with the diagonal."""
-    import plotly.graph_objects as go
 
     pts = [(t.summary.get("best_val_f1"), t.summary.get("best_val_shift_f1"), t.name) for t in trials]
     pts = [p for p in pts if is_finite_number(p[0]) and is_finite_number(p[1])]

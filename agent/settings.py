@@ -67,6 +67,7 @@ def unset_empty_wandb_vars(environ) -> list[str]:
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = ".env") -> Settings:
     """Resolve once. ``environ`` defaults to ``os.environ``; ``env_file`` is read, never exported."""
+    # lazy: the trainer's settings module loads when settings do, not for `cvsweep --help`
     from cvtrain.layers import merged_env
 
     environ = os.environ if environ is None else environ

@@ -17,149 +17,20 @@ import sqlite3
 import threading
 import time
 import weakref
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from cvtrain.split import split_seed_from_sweep_id
 
-SCHEMA_VERSION = 2   # 2: sweeps.seed, trials.attempt, history.attempt/reported_at (version 1 is migrated in place)
-TERMINAL = ("finished", "failed", "crashed", "killed")
-#: W&B run states (``sweeps.RunState``) our states map to when the search engine reads them.
-STATES = ("pending", "running", "finished", "failed", "crashed", "killed", "preempted")
-
-
-class StoreError(RuntimeError):
-    pass
-
-
-class LeaseLost(StoreError):
-    """A write about a trial from a worker that no longer owns it (its lease was given to another)."""
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who may write about a trial: the worker a claim named and the claim's attempt number."""
-    worker: str
-    attempt: int
-
-    def __str__(self) -> str:
-        return f"{self.worker} (attempt {self.attempt})"
-
-
-@dataclass
-class Trial:
-    sweep_id: str
-    name: str
-    state: str
-    params: dict
-    id: int | None = None
-    run_id: str | None = None
-    summary: dict = field(default_factory=dict)
-    metric: float | None = None
-    history: list = field(default_factory=list)   # the sweep metric per epoch, in order
-    stopped: bool = False
-    stop_reason: str | None = None
-    error: str | None = None
-    worker: str | None = None
-    attempts: int = 0             # times a worker was lost with this trial (leases that ran out)
-    attempt: int = 0              # the current claim's number: 1 for the first, +1 per claim (fencing token)
-    created_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    heartbeat_at: float | None = None
-    lease_expires: float | None = None
-    output_dir: str | None = None
-    wandb_dir: str | None = None
-    rank: int | None = None
-
-    @property
-    def owner(self) -> Owner:
-        return Owner(self.worker or "", self.attempt)
-
-
-@dataclass
-class Sweep:
-    id: str
-    config: dict
-    state: str = "running"       # running | paused | finished | cancelled
-    name: str | None = None
-    project: str | None = None
-    entity: str | None = None
-    backend: str = "local"
-    created_at: float | None = None
-    finished_reason: str | None = None
-    seed: int | None = None      # seeds every suggestion (with the number of trials): the search replays
-
-    @property
-    def metric_name(self) -> str | None:
-        return (self.config.get("metric") or {}).get("name")
-
-    @property
-    def goal(self) -> str:
-        return (self.config.get("metric") or {}).get("goal", "minimize")
-
-
-class RunStore(ABC):
-    """Read access to a sweep and its trials; the queries need nothing more."""
-
-    @abstractmethod
-    def get_sweep(self, sweep_id: str) -> Sweep: ...
-
-    @abstractmethod
-    def list_trials(self, sweep_id: str | None = None, states: tuple[str, ...] | None = None,
-                    with_history: bool = True) -> list[Trial]:
-        """The sweep's trials, oldest first; ``with_history=False`` may skip the per-epoch metric lists."""
-
-    @abstractmethod
-    def epoch_history(self, trial: Trial) -> list[dict]:
-        """The metrics the trainer logged per epoch (``epoch``, ``val_f1``, ...), in order."""
-
-    def set_ranks(self, sweep_id: str, ranks: dict[str, int]) -> None:
-        """Record leaderboard ranks by run id; every other trial of the sweep loses its old rank."""
-        raise NotImplementedError
-
-
-# ---------------------------------------------------------------------------
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sweeps (
-    id TEXT PRIMARY KEY, name TEXT, config TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'running',
-    project TEXT, entity TEXT, backend TEXT NOT NULL DEFAULT 'local', created_at REAL NOT NULL,
-    finished_reason TEXT, seed INTEGER
-);
-CREATE TABLE IF NOT EXISTS trials (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sweep_id TEXT NOT NULL REFERENCES sweeps(id),
-    name TEXT NOT NULL, run_id TEXT NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL,
-    summary TEXT NOT NULL DEFAULT '{}', metric REAL, stopped INTEGER NOT NULL DEFAULT 0, stop_reason TEXT,
-    error TEXT, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL, started_at REAL, finished_at REAL, heartbeat_at REAL, lease_expires REAL,
-    output_dir TEXT, wandb_dir TEXT, rank INTEGER, attempt INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (sweep_id, name)
-);
-CREATE INDEX IF NOT EXISTS trials_by_sweep_state ON trials (sweep_id, state);
-CREATE TABLE IF NOT EXISTS history (
-    trial_id INTEGER NOT NULL REFERENCES trials(id), epoch INTEGER NOT NULL, metric REAL, metrics TEXT NOT NULL,
-    attempt INTEGER, reported_at REAL, PRIMARY KEY (trial_id, epoch)
-);
-"""
-#: Version 1 -> 2, in place: new columns; old sweeps get a seed derived from their id.
-_MIGRATE_1_TO_2 = (
-    "ALTER TABLE sweeps ADD COLUMN seed INTEGER",
-    "ALTER TABLE trials ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE history ADD COLUMN attempt INTEGER",
-    "ALTER TABLE history ADD COLUMN reported_at REAL",
-)
+from .records import STATES, TERMINAL, LeaseLost, Owner, RunStore, StoreError, Sweep, Trial  # noqa: F401 - the records are the store's vocabulary: most callers import them from here
+from .settings import load_settings
+from .store_schema import SchemaError, init_schema
 
 
 def state_dir(path: str | os.PathLike | None = None) -> Path:
     """``path``, else CVSWEEP_DIR as the settings resolve it (environment over .env over ``.cvsweep``)."""
     if path:
         return Path(path)
-    from .settings import load_settings
-
     return load_settings().state_dir
 
 
@@ -242,28 +113,11 @@ class SQLiteStore(RunStore):
         return c
 
     def _init_schema(self) -> None:
-        with self.transaction() as c:
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
-            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) == 1:
-                self._migrate_1_to_2(c)
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema version {row[0]}, this cvsweep needs {SCHEMA_VERSION}. "
-                    f"Use the cvsweep version that made it, or move {self.root} aside and create the sweep again.")
-
-    @staticmethod
-    def _migrate_1_to_2(c: sqlite3.Connection) -> None:
-        for stmt in _MIGRATE_1_TO_2:
-            c.execute(stmt)
-        for (sid,) in c.execute("SELECT id FROM sweeps").fetchall():
-            c.execute("UPDATE sweeps SET seed=? WHERE id=?", (seed_from_id(sid), sid))
-        c.execute("UPDATE trials SET attempt=1 WHERE state='running'")
-        c.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+        try:
+            with self.transaction() as c:
+                init_schema(c, self.path, self.root)
+        except SchemaError as exc:
+            raise StoreError(str(exc)) from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -417,12 +271,45 @@ class SQLiteStore(RunStore):
             with self.transaction() as c:
                 c.execute(stmt, args)
 
+    def owned_trial(self, trial_id: int, owner: Owner, conn) -> sqlite3.Row:
+        """The trial's row, when ``owner`` still holds it; else LeaseLost (the transaction rolls back)."""
+        row = conn.execute("SELECT sweep_id, name, state, worker, attempt FROM trials WHERE id=?",
+                           (trial_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no trial {trial_id}")
+        if row["state"] != "running" or row["worker"] != owner.worker or row["attempt"] != owner.attempt:
+            holder = f"held by {row['worker']} (attempt {row['attempt']})" if row["state"] == "running" else row["state"]
+            raise LeaseLost(f"trial {row['name']} is {holder}: refused a write from {owner}")
+        return row
+
+    def extend_lease(self, trial_id: int, owner: Owner, now: float, expires: float) -> bool:
+        """One transaction: a heartbeat, when ``owner`` still holds the running trial (True), else nothing."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE trials SET heartbeat_at=?, lease_expires=? "
+                            "WHERE id=? AND worker=? AND attempt=? AND state='running'",
+                            (now, expires, trial_id, owner.worker, owner.attempt))
+            return cur.rowcount == 1
+
+    def next_attempt(self, trial_id: int, conn) -> None:
+        """A new claim of a queued trial: its attempt number (the owners' fencing token) goes up by one."""
+        conn.execute("UPDATE trials SET attempt=attempt+1 WHERE id=?", (trial_id,))
+
+    def queue_again(self, trial_ids) -> None:
+        """Back to ``pending`` as if never tried (no lost-lease count, owner or error); one transaction."""
+        with self.transaction() as c:
+            c.executemany("UPDATE trials SET state='pending', attempts=0, worker=NULL, error=NULL WHERE id=?",
+                          [(i,) for i in trial_ids])
+
     def add_history(self, trial_id: int, epoch: int, metric: float | None, metrics: dict, conn,
                     attempt: int | None = None, reported_at: float | None = None) -> None:
         """One epoch's metrics; a resumed attempt that repeats an epoch replaces it (one row per epoch)."""
         conn.execute("INSERT OR REPLACE INTO history (trial_id, epoch, metric, metrics, attempt, reported_at) "
                      "VALUES (?,?,?,?,?,?)",
                      (trial_id, epoch, metric, json.dumps(metrics, default=float), attempt, reported_at))
+
+    def drop_history_after(self, trial_id: int, epoch: int, conn) -> None:
+        """Forget the trial's epochs after ``epoch`` (an earlier attempt's)."""
+        conn.execute("DELETE FROM history WHERE trial_id=? AND epoch>?", (trial_id, epoch))
 
     def epoch_history(self, trial: Trial) -> list[dict]:
         return [json.loads(m) for (m,) in self.conn.execute(

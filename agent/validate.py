@@ -1,6 +1,7 @@
 """Sweep file validation: the `sweeps` schema plus what our trainer needs. Every violation at once."""
 from __future__ import annotations
 
+import copy
 import os
 import re
 import warnings
@@ -44,7 +45,7 @@ def import_sweeps():
     with warnings.catch_warnings():
         # `sweeps` still uses pydantic v1-style config; the warning is theirs, not the user's.
         warnings.filterwarnings("ignore", message=r"(?s).*(class-based `config`|Valid config keys have changed)")
-        import sweeps
+        import sweeps  # lazy: W&B's engine (pydantic) loads inside the warnings filter above
     return sweeps
 
 
@@ -228,7 +229,6 @@ def absolute_paths(cfg: dict) -> tuple[dict, list[str]]:
 
     Agents may start from another directory: a relative data_dir would then name nothing.
     """
-    import copy
 
     out = copy.deepcopy(cfg)
     changes = []

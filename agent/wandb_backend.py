@@ -7,23 +7,24 @@
   through W&B's own ``wandb sweep`` verbs.
 - :func:`write_back_leaderboard`: one ``sweep-summary`` run per sweep, resumed by a stable id.
 - :func:`log_submission`: the ``finalize`` run with the submission as an artifact.
-- :func:`wandb_worker`: a worker that runs a W&B sweep's trials in-process with ``wandb.agent``.
+
+The worker that runs a W&B sweep's trials in-process is :mod:`agent.wandb_worker`.
 
 The key is never passed around here: wandb finds it itself (environment, ``~/.netrc``, settings).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
-import threading
-import time
-import traceback
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
+from .queries import param_columns
 from .store import RunStore, Sweep, Trial
 
 DEFAULT_PROJECT = "cvsweep"
@@ -86,7 +87,7 @@ def full_path(path: SweepPath, api=None) -> SweepPath:
 
 
 def _api():
-    import wandb
+    import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
     return wandb.Api()
 
@@ -223,7 +224,6 @@ def _ts(value) -> Optional[float]:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    from datetime import datetime, timezone
 
     try:
         dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -237,7 +237,7 @@ def _ts(value) -> Optional[float]:
 # ---------------------------------------------------------------------------
 def create_wandb_sweep(cfg: dict, project: str, entity: str | None = None) -> SweepPath:
     """``wandb.sweep``: the W&B server becomes the controller. Returns the sweep's full path."""
-    import wandb
+    import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
     sweep_id = wandb.sweep(sweep=cfg, project=project, entity=entity)
     return full_path(SweepPath(project, sweep_id, entity))
@@ -265,9 +265,8 @@ def write_back_leaderboard(store: RunStore, sweep: Sweep, rows: list[dict], back
 
     Local sweeps get an offline run under the sweep's directory (``cvsweep sync`` uploads it).
     """
-    import wandb
+    import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
-    from .queries import param_columns
 
     params = param_columns(rows)
     columns = ["rank", "run", "run_id", "state", rows[0]["metric_name"] if rows else "metric", "stopped", *params]
@@ -297,7 +296,6 @@ def write_back_leaderboard(store: RunStore, sweep: Sweep, rows: list[dict], back
 
 def _cell(v):
     if isinstance(v, (dict, list)):
-        import json
 
         return json.dumps(v, sort_keys=True)
     return v
@@ -306,7 +304,7 @@ def _cell(v):
 def log_submission(result, submission, sweep: Sweep, backend: str, state_root) -> str:
     """A ``finalize`` run grouped with the parent sweep: the submission as an artifact, OOF figures in its
     metadata and summary. Local sweeps get an offline run (``cvsweep sync`` uploads it)."""
-    import wandb
+    import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
     meta = {"oof_macro_f1": result.oof_macro_f1, "folds": result.folds, "parent_sweep": result.parent,
             "final_sweep": result.final_sweep, "n_images": result.n_images,
@@ -327,136 +325,3 @@ def log_submission(result, submission, sweep: Sweep, backend: str, state_root) -
     where = run.dir if backend == "local" else run.url
     run.finish()
     return str(where)
-
-
-# ---------------------------------------------------------------------------
-# In-process worker: wandb.agent runs our trial function
-# ---------------------------------------------------------------------------
-class WandbWorker:
-    """Runs a W&B sweep's trials in this process with ``wandb.agent``; one trial at a time.
-
-    wandb stops a trial by injecting a bare ``Exception`` into the thread that runs the
-    trial function, wherever it is. So training runs in its own thread; the agent's thread
-    only waits, and turns the injected exception into a ``stopped`` request. A signal
-    (SIGTERM/SIGINT from our launcher or a cluster) is a preemption: :meth:`preempt`.
-    """
-
-    def __init__(self, train_fn: Callable | None = None, environ: Mapping[str, str] | None = None,
-                 poll: float = 0.1):
-        from cvtrain.stop import StopRequest
-
-        self._StopRequest = StopRequest
-        self.train_fn = train_fn
-        self.environ = environ
-        self.poll = poll
-        self.current = None              # the running trial's StopRequest
-        self.preempted: str | None = None
-        self.last_result = None          # the last trial's TrainResult, or its error (TrialFailed)
-        self._lock = threading.Lock()
-
-    def preempt(self, reason: str) -> None:
-        with self._lock:
-            self.preempted = self.preempted or reason
-            if self.current is not None:
-                self.current.set("preempted", reason)
-
-    def _run_training(self, stop, box: dict, done: threading.Event) -> None:
-        from cvtrain.cli import ParsedArgs, build_config
-
-        try:
-            # wandb.agent wrote this trial's parameters to WANDB_SWEEP_PARAM_PATH: the sweep layer reads them.
-            cfg = build_config(ParsedArgs(), self.environ)
-            cfg.wandb.job_type = "sweep-trial"
-            cfg.logging.progress = False
-            if self.train_fn is None:
-                from cvtrain.engine import train
-            else:
-                train = self.train_fn
-            box["result"] = train(cfg, resume="auto", stop_event=stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the agent's thread, which re-raises it
-            # Only its words go on: wandb.agent keeps what the trial raises for its whole life, and this
-            # exception's traceback holds the trial's frames (model, optimizer, loaders and their workers).
-            box["error"] = (type(exc).__name__, str(exc), isinstance(exc, KeyboardInterrupt))
-            _record_failure_if_no_run(exc)
-            traceback.clear_frames(exc.__traceback__)
-        finally:
-            done.set()
-
-    def trial(self) -> None:
-        """The function ``wandb.agent`` calls; keep it small: wandb's exception may land on any line.
-
-        It waits on an Event, never in ``Thread.join``: on Python < 3.13 an exception raised inside
-        ``join`` marks the joined thread stopped while it still runs (bpo-45274's cleanup), and
-        wandb would then finish the run under the training's feet.
-        """
-        stop = box = t = None
-        done = threading.Event()
-        self._agent_thread = threading.current_thread()
-        try:
-            stop, box = self._StopRequest(), {}
-            with self._lock:
-                self.current = stop
-                if self.preempted:
-                    stop.set("preempted", self.preempted)
-            t = threading.Thread(target=self._run_training, args=(stop, box, done), name="cvsweep-trial",
-                                 daemon=True)
-            t.start()
-        except Exception:  # noqa: BLE001 - wandb's stop arrived before training began
-            if stop is not None:
-                stop.set("stopped", "the W&B sweep stopped this run before it began")
-            deadline = time.monotonic() + 5  # it may have landed inside start(): is the thread running?
-            while t is not None and not (t.is_alive() or done.is_set()) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if t is None or not (t.is_alive() or done.is_set()):
-                return
-        while box is not None:
-            try:
-                while not done.wait(self.poll):
-                    pass
-                break
-            except Exception:  # noqa: BLE001 - wandb.agent's stop (hyperband, stop, cancel) lands here
-                stop.set("stopped", "the W&B sweep stopped this run")
-        with self._lock:
-            self.current = None
-        if box is None:
-            return
-        if "error" in box:
-            self.last_result = detached_error(*box["error"])
-            raise detached_error(*box["error"])
-        self.last_result = box.get("result")
-
-    def run(self, path: SweepPath, count: int | None = None) -> int:
-        """``wandb.agent`` until the sweep has no more work, ``count`` trials, or a signal (then 143)."""
-        import wandb
-
-        from cvtrain.stop import EXIT_PREEMPTED
-
-        try:
-            wandb.agent(path.id, function=self.trial, count=count, project=path.project, entity=path.entity)
-        except KeyboardInterrupt:
-            pass  # our signal handler's way of making wandb.agent leave
-        t = getattr(self, "_agent_thread", None)
-        if t is not None and t is not threading.current_thread():
-            t.join()  # the preempted trial checkpoints and finishes its run before the worker exits
-        return EXIT_PREEMPTED if self.preempted else 0
-
-
-class TrialFailed(Exception):
-    """A trial's error as words only (``TypeName: message``), holding none of the trial's frames."""
-
-
-class TrialInterrupted(KeyboardInterrupt):
-    """A KeyboardInterrupt inside a trial, detached the same way (wandb.agent leaves on it)."""
-
-
-def detached_error(type_name: str, message: str, interrupt: bool = False) -> BaseException:
-    text = f"{type_name}: {message}" if message else type_name
-    return TrialInterrupted(text) if interrupt else TrialFailed(text)
-
-
-def _record_failure_if_no_run(exc: BaseException) -> None:
-    """A trial that failed before its W&B run started (bad config, missing data): record why on W&B."""
-    from cvtrain.tracking import failed_before_run, record_failed_run
-
-    if failed_before_run(exc):
-        record_failed_run(f"{type(exc).__name__}: {exc}")

@@ -15,6 +15,7 @@ as ``lost`` and this worker writes nothing more about it, files or records.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -23,39 +24,17 @@ import sys
 import threading
 import traceback
 
-from cvtrain.config import ConfigError, mapping_layer, resolve
-from cvtrain.layers import env_layer, merged_env
+from cvtrain.config import ConfigError
 from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 
 from .controller import LocalController
 from .settings import Settings, SettingsError, load_settings, unset_empty_wandb_vars
 from .store import LeaseLost, SQLiteStore, Trial, seed_from_id
+from .trial_config import local_trial_config
+from .wandb_backend import SweepPathError, sweep_path_from_env
+from .wandb_worker import WandbWorker
 
 log = logging.getLogger("cvsweep.worker")
-
-
-def trial_config(trial: Trial, sweep_id: str, environ=None, env_file: str | None = ".env",
-                 split_seed: int | None = None):
-    """defaults < .env/environment < the sweep's split seed < the trial's sweep parameters < what the
-    controller fixes per trial.
-
-    ``environ`` is the resolved settings' environment (``Settings.env``: .env merged already, no
-    API key); then ``env_file`` is None. ``split_seed``: the sweep's stored seed, so that every trial
-    validates on the same images whatever its ``seed`` (a sweep parameter ``split_seed`` wins).
-    """
-    environ = dict(os.environ if environ is None else environ)
-    fixed = {"output_dir": trial.output_dir, "run_name": trial.name, "run_id": trial.run_id, "group": sweep_id,
-             "job_type": "sweep-trial", "progress": False,
-             # One environment for every trial of a worker: its versions are in each run's config (env).
-             "save_requirements": False}
-    tags = ["cvsweep", f"sweep-{sweep_id}"]
-    shared = {} if split_seed is None else {"split_seed": (split_seed, f"sweep {sweep_id}'s seed")}
-    cfg = resolve(env_layer(merged_env(environ, env_file)), shared, mapping_layer(trial.params, "sweep"),
-                  mapping_layer(fixed, "controller"))
-    cfg.wandb.tags = list(dict.fromkeys([*cfg.wandb.tags, *tags]))
-    if cfg.wandb.mode is None or cfg.wandb.mode == "online":
-        cfg.wandb.mode = "offline"  # local controller: every trial is an offline run, `cvsweep sync` uploads
-    return cfg
 
 
 class WorkerStop:
@@ -105,21 +84,11 @@ def _heartbeat(ctl: LocalController, trial: Trial, stop: StopRequest, done: thre
             return
 
 
-def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: WorkerStop | threading.Event,
-              environ=None) -> str:
-    """Train one claimed trial; record how it ended. Returns the state (``lost``: recorded by its new owner).
-
-    Every write names the claim's owner: a refused report stops training as lost; a lost trial's
-    outputs and ending are the new owner's to write.
-    """
-    from cvtrain.engine import train
-
-    stops = stop_event if isinstance(stop_event, WorkerStop) else WorkerStop(stop_event)
-    request = stops.new_trial()
+def _owner_writes(ctl: LocalController, trial: Trial, request: StopRequest):
+    """The trainer's epoch reporter (with ``holds``, asked between the steps that end the trial) and the
+    function that records the trial's end; each names the claim's owner, and a refusal stops the trial
+    as lost."""
     owner = trial.owner
-    done = threading.Event()
-    hb = threading.Thread(target=_heartbeat, args=(ctl, trial, request, done), name="cvsweep-heartbeat", daemon=True)
-    hb.start()
 
     def reporter(epoch: int, metrics: dict):
         try:
@@ -151,10 +120,28 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
             return "lost"
         return state
 
+    return reporter, record
+
+
+def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: WorkerStop | threading.Event,
+              environ=None) -> str:
+    """Train one claimed trial; record how it ended. Returns the state (``lost``: recorded by its new owner).
+
+    Every write names the claim's owner: a refused report stops training as lost; a lost trial's
+    outputs and ending are the new owner's to write.
+    """
+    from cvtrain.engine import train  # lazy: torch, timm; the worker loads them once (settle_imports)
+
+    stops = stop_event if isinstance(stop_event, WorkerStop) else WorkerStop(stop_event)
+    request = stops.new_trial()
+    done = threading.Event()
+    hb = threading.Thread(target=_heartbeat, args=(ctl, trial, request, done), name="cvsweep-heartbeat", daemon=True)
+    hb.start()
+    reporter, record = _owner_writes(ctl, trial, request)
     try:
         sweep_seed = ctl.store.get_sweep(trial.sweep_id).seed
-        cfg = trial_config(trial, trial.sweep_id, environ, env_file=None if environ is not None else ".env",
-                           split_seed=sweep_seed if sweep_seed is not None else seed_from_id(trial.sweep_id))
+        cfg = local_trial_config(trial, environ, env_file=None if environ is not None else ".env",
+                                 split_seed=sweep_seed if sweep_seed is not None else seed_from_id(trial.sweep_id))
         result = train(cfg, reporter=reporter, resume="auto", stop_event=request, wandb_dir=trial.wandb_dir)
         if result.state == "lost":  # another worker's now: its outputs and ending are theirs to record
             return "lost"
@@ -204,8 +191,6 @@ def settle_imports() -> None:
     """Import what every trial needs, once, then take those objects out of the cyclic garbage
     collector's walks (``gc.freeze``): with torch, timm and wandb loaded, each full collection
     walked them all (~0.2 s, measured, every few epoch reports, and in training alike)."""
-    import gc
-
     import wandb  # noqa: F401
 
     import cvtrain.engine  # noqa: F401 - torch, timm
@@ -248,7 +233,6 @@ def main(argv=None) -> int:
 def wandb_main(a) -> int:
     """A W&B-backend worker: ``wandb.agent`` in this process; SIGTERM/SIGINT preempt the running
     trial (checkpointed, marked preempting on W&B, requeued by the sweep) and the worker exits 143."""
-    from .wandb_backend import SweepPathError, WandbWorker, sweep_path_from_env
 
     try:
         path = sweep_path_from_env(a.sweep_id, a.project, a.entity, os.environ)

@@ -1,5 +1,5 @@
 """The claim as a pure decision: sweep + trials + time -> what to do. No database here."""
-from agent.controller import ClaimDecision, Requeue, decide_claim
+from agent.decisions import ClaimDecision, Requeue, decide_claim
 from agent.store import Sweep, Trial
 
 CFG = {"method": "random", "metric": {"name": "best_val_f1", "goal": "maximize"},

@@ -6,7 +6,8 @@ import sqlite3
 import pytest
 
 from agent.controller import LocalController
-from agent.store import SCHEMA_VERSION, SQLiteStore, StoreError
+from agent.store import SQLiteStore, StoreError
+from agent.store_schema import SCHEMA_VERSION
 
 GRID12 = {"name": "g", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
           "parameters": {"learning_rate": {"values": [0.001, 0.003, 0.01, 0.03]},

@@ -71,7 +71,7 @@ def test_wandbs_injected_exception_becomes_a_stop_and_never_reaches_training(whe
 
     from wandb.agents.pyagent import _terminate_thread
 
-    from agent.wandb_backend import WandbWorker
+    from agent.wandb_worker import WandbWorker
 
     seen = {"exceptions": [], "kind": None}
     training = threading.Event()

@@ -35,7 +35,8 @@ def test_a_failed_wandb_trial_leaves_no_session_and_no_loader_worker(wandb_serve
                                                                     cache_dir, tmp_path):
     from wandb_server import fast_agents
 
-    from agent.wandb_backend import SweepPath, WandbWorker
+    from agent.wandb_backend import SweepPath
+    from agent.wandb_worker import WandbWorker
 
     fast_agents(monkeypatch)
     monkeypatch.setenv("CVTRAIN_OUTPUT_ROOT", str(tmp_path / "outputs"))

@@ -4,6 +4,7 @@ import sqlite3
 import subprocess
 import time
 
+import yaml
 from conftest import PY, ROOT
 
 
@@ -30,6 +31,15 @@ def cvsweep_env(state_dir, **extra):
 def cvsweep(args, state_dir, timeout=600, **extra):
     return subprocess.run([PY, "-m", "agent", *args], env=cvsweep_env(state_dir, **extra), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def create_local(tmp_path, cfg, state_dir):
+    """``cvsweep create`` of the sweep config ``cfg`` on the local backend; its id."""
+    f = tmp_path / "sweep.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    res = cvsweep(["create", str(f), "--backend", "local"], state_dir)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1]
 
 
 def db_rows(state_dir, sql, args=()):

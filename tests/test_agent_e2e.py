@@ -12,22 +12,14 @@ import psutil
 import pytest
 import yaml
 from conftest import PY, ROOT, SECRET, assert_secret_absent
-from sweep_helpers import cvsweep, cvsweep_env, db_rows, grid12, tiny_params, wait_for
+from sweep_helpers import create_local, cvsweep, cvsweep_env, db_rows, grid12, tiny_params, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def _create(tmp_path, cfg, state):
-    f = tmp_path / "sweep.yaml"
-    f.write_text(yaml.safe_dump(cfg))
-    res = cvsweep(["create", str(f), "--backend", "local"], state)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip().splitlines()[-1]
-
-
 def test_four_workers_run_a_12_point_grid_exactly_once_and_rank_it(tmp_path, demo_dir, cache_dir):
     state = tmp_path / "state"
-    sweep_id = _create(tmp_path, grid12(demo_dir, cache_dir), state)
+    sweep_id = create_local(tmp_path, grid12(demo_dir, cache_dir), state)
     res = cvsweep(["agent", sweep_id, "--gpus", "none", "--workers", "4"], state, WANDB_API_KEY=SECRET)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     rows = db_rows(state, "SELECT name, params, state FROM trials")
@@ -88,7 +80,7 @@ def _epochs(state, trial_id):
 
 def test_kill_9_of_a_worker_requeues_its_trial_which_resumes_and_completes(tmp_path, demo_dir, cache_dir):
     state = tmp_path / "state"
-    sweep_id = _create(tmp_path, _long_sweep(demo_dir, cache_dir), state)
+    sweep_id = create_local(tmp_path, _long_sweep(demo_dir, cache_dir), state)
     proc = _start_agent(state, sweep_id)
     row = wait_for(lambda: _running_with_history(state), timeout=180, every=0.05, what="a running trial")[0]
     worker_pid = int(row["worker"].split(":")[1])
@@ -108,7 +100,7 @@ def test_kill_9_of_a_worker_requeues_its_trial_which_resumes_and_completes(tmp_p
 
 def test_sigterm_preempts_running_trial_and_next_agent_resumes_it(tmp_path, demo_dir, cache_dir):
     state = tmp_path / "state"
-    sweep_id = _create(tmp_path, _long_sweep(demo_dir, cache_dir), state)
+    sweep_id = create_local(tmp_path, _long_sweep(demo_dir, cache_dir), state)
     proc = _start_agent(state, sweep_id)
     row = wait_for(lambda: _running_with_history(state), timeout=180, every=0.05, what="a running trial")[0]
     proc.send_signal(signal.SIGTERM)
@@ -162,7 +154,7 @@ def test_random_search_with_two_training_workers_never_repeats_a_trial(tmp_path,
            "parameters": tiny_params(demo_dir, cache_dir,
                                      learning_rate={"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
                                      label_smoothing={"distribution": "uniform", "min": 0.0, "max": 0.2})}
-    sweep_id = _create(tmp_path, cfg, state)
+    sweep_id = create_local(tmp_path, cfg, state)
     res = cvsweep(["agent", sweep_id, "--gpus", "none", "--workers", "2"], state)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     rows = db_rows(state, "SELECT params, worker, state FROM trials")
@@ -183,7 +175,7 @@ def test_a_requeued_trial_stops_its_first_worker_which_writes_nothing_more(tmp_p
     state = tmp_path / "state"
     cfg = {"name": "own", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
            "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": LONG_EPOCHS})}
-    sweep_id = _create(tmp_path, cfg, state)
+    sweep_id = create_local(tmp_path, cfg, state)
     w1 = subprocess.Popen([PY, "-m", "agent.worker", sweep_id, "--count", "1", "--name", "w1"],
                           env=cvsweep_env(state), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     row = wait_for(lambda: _running_with_history(state), timeout=180, every=0.05, what="worker 1's epochs")[0]
@@ -245,7 +237,7 @@ def test_four_ended_resnet10t_trials_leave_at_most_120_mb(tmp_path, demo_dir, ca
     cfg = {"name": "disk", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
            "parameters": tiny_params(demo_dir, cache_dir, model_name={"value": "resnet10t"}, epochs={"value": 2},
                                      learning_rate={"values": [0.001, 0.003, 0.01, 0.03]})}
-    sweep_id = _create(tmp_path, cfg, state)
+    sweep_id = create_local(tmp_path, cfg, state)
     res = cvsweep(["agent", sweep_id, "--gpus", "none", "--workers", "2"], state)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert len(db_rows(state, "SELECT 1 FROM trials WHERE state='finished'")) == 4

@@ -6,19 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import ROOT
-from sweep_helpers import cvsweep, db_rows, tiny_params, wait_for
+from sweep_helpers import create_local, cvsweep, db_rows, tiny_params, wait_for
 
 SLURM_LOCAL = ROOT / "scripts" / "slurm_local.sh"
-
-
-def _create(tmp_path, cfg, state):
-    f = tmp_path / "sweep.yaml"
-    f.write_text(yaml.safe_dump(cfg))
-    res = cvsweep(["create", str(f), "--backend", "local"], state)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip().splitlines()[-1]
 
 
 def _grid(demo_dir, cache_dir, **over):
@@ -33,7 +24,7 @@ def _sbatch_lines(script):
 @pytest.fixture
 def local_sweep(tmp_path, demo_dir, cache_dir):
     state = tmp_path / "state"
-    return state, _create(tmp_path, _grid(demo_dir, cache_dir, learning_rate={"values": [0.003, 0.01]}), state)
+    return state, create_local(tmp_path, _grid(demo_dir, cache_dir, learning_rate={"values": [0.003, 0.01]}), state)
 
 
 def test_dry_run_prints_the_array_script_that_runs_the_agent_on_the_sweep(tmp_path, local_sweep):
@@ -160,7 +151,7 @@ def _logs(state, sweep_id):
 @pytest.mark.slow
 def test_an_array_of_two_tasks_runs_every_trial_of_a_local_sweep_once(slurm, tmp_path, demo_dir, cache_dir):
     state = tmp_path / "state"
-    sweep_id = _create(tmp_path, _grid(demo_dir, cache_dir, learning_rate={"values": [0.003, 0.01]},
+    sweep_id = create_local(tmp_path, _grid(demo_dir, cache_dir, learning_rate={"values": [0.003, 0.01]},
                                        label_smoothing={"values": [0.0, 0.1]}), state)
     job = _submit(state, sweep_id, "--tasks", "2")
     try:
@@ -193,7 +184,7 @@ def _epochs(state, trial_id):
 def test_sigterm_to_a_task_preempts_its_trial_which_resumes_when_the_task_requeues(slurm, tmp_path, demo_dir,
                                                                                      cache_dir):
     state = tmp_path / "state"
-    sweep_id = _create(tmp_path, _grid(demo_dir, cache_dir, epochs={"value": 12}), state)
+    sweep_id = create_local(tmp_path, _grid(demo_dir, cache_dir, epochs={"value": 12}), state)
     job = _submit(state, sweep_id, "--tasks", "1")
     try:
         trial = wait_for(lambda: _running_with_history(state), timeout=300, every=0.05,

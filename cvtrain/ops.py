@@ -204,11 +204,12 @@ def downscale(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 # Damage: blur, noise, JPEG
 # ---------------------------------------------------------------------------
-def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur, 5x5, one sigma per sample (torchvision's ``gaussian_blur``, reflect padding)."""
+def blur(x: torch.Tensor, sigma: torch.Tensor, taps: int = BLUR_TAPS) -> torch.Tensor:
+    """Gaussian blur, ``taps`` x ``taps`` (odd; 5 by default), one sigma per sample (torchvision's
+    ``gaussian_blur``, reflect padding)."""
     _check(x)
     sub = x.float()
-    return _to_uint8(_blur(sub, _per_sample(sigma, sub).view(-1)))
+    return _to_uint8(_blur(sub, _per_sample(sigma, sub).view(-1), taps))
 
 
 def noise(x: torch.Tensor, std: torch.Tensor, seed: int) -> torch.Tensor:
@@ -228,15 +229,15 @@ def gaussian_kernels(sigma: torch.Tensor, taps: int = BLUR_TAPS) -> torch.Tensor
     return k / k.sum(1, keepdim=True)
 
 
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _blur(x: torch.Tensor, sigma: torch.Tensor, taps: int = BLUR_TAPS) -> torch.Tensor:
     n, c, h, w = x.shape
-    k = gaussian_kernels(sigma).repeat_interleave(c, 0)  # one kernel per (sample, channel) group
-    pad = BLUR_TAPS // 2
+    k = gaussian_kernels(sigma, taps).repeat_interleave(c, 0)  # one kernel per (sample, channel) group
+    pad = taps // 2
     y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
-    # The 5x5 Gaussian is separable: two grouped 1-D passes, 10 taps per pixel instead of 25.
+    # The Gaussian is separable: two grouped 1-D passes, 2 * taps per pixel instead of taps ** 2.
     with _native_cpu_conv(x.device):
-        y = F.conv2d(y, k.view(n * c, 1, 1, BLUR_TAPS), groups=n * c)
-        y = F.conv2d(y, k.view(n * c, 1, BLUR_TAPS, 1), groups=n * c)
+        y = F.conv2d(y, k.view(n * c, 1, 1, taps), groups=n * c)
+        y = F.conv2d(y, k.view(n * c, 1, taps, 1), groups=n * c)
     return y.view(n, c, h, w)
 
 

@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 
 def load_for_inference(checkpoint: str | Path, device: torch.device):
     """(model in eval mode, resolved config, class names) from a checkpoint, read as data only."""
-    obj = ckpt.read(checkpoint, "cpu")
+    return _inference_model(ckpt.read(checkpoint, "cpu"), checkpoint, device)
+
+
+def _inference_model(obj: dict, checkpoint: str | Path, device: torch.device):
+    """:func:`load_for_inference` on a checkpoint already read (``obj``) from ``checkpoint``."""
     cfg = resolve(mapping_layer(dict(obj["config"]), f"checkpoint {checkpoint}"))
     exp: ExperimentConfig = cfg.experiment
     exp.pretrained = False  # the checkpoint holds the weights
@@ -120,8 +124,9 @@ def predict_submission(checkpoint: str, data_dir: str, output: str = "submission
                        device: str = "auto", cache_dir: str | None = None, say=None) -> Path:
     """``tta="auto"``: the views that score best on the checkpoint's shifted validation set (``say`` hears which)."""
     dev = select_device(device)
-    model, cfg, _ = load_for_inference(checkpoint, dev)
-    data_config = stored_data_config(ckpt.read(checkpoint, "cpu"), str(checkpoint))
+    obj = ckpt.read(checkpoint, "cpu")  # read once: the model and its stored normalisation
+    model, cfg, _ = _inference_model(obj, checkpoint, dev)
+    data_config = stored_data_config(obj, str(checkpoint))
     log.info("normalisation: %s", describe(data_config))
     if tta == "auto":
         if cache_dir:

@@ -97,12 +97,15 @@ def _progress_printer(sweep: OpenSweep, echo: Echo) -> Callable[[], None]:
 
 
 # ---------------------------------------------------------------------------
-def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int = 5, tta: list | None = None,
+def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int = 5, tta: list | str | None = None,
                  gpus: str = "all", workers: int | None = None, seed: int = 0, output: str = "submission.csv",
                  echo: Echo = _print) -> int:
     """The top configurations retrained on folds (a local grid sweep), the ensemble, the submission.
-    The last line printed is ``oof_macro_f1: X``. Raises :class:`~agent.finalize.FinalizeError`."""
+    ``tta``: views, "auto" (chosen out of fold), or None: auto when every finalist has val_shift on, else
+    each configuration's tta. The last line printed is ``oof_macro_f1: X``. Raises
+    :class:`~agent.finalize.FinalizeError`."""
     from .finalize import (  # lazy: numpy and the trainer's settings, for finalize only
+        auto_views,
         collect,
         finalize_config,
         find_or_create_final_sweep,
@@ -112,9 +115,10 @@ def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int 
 
     parent = parent_sweep.store.get_sweep(parent_sweep.key)
     finalists = select_finalists(parent_sweep.store, parent_sweep.key, top)
-    config = finalize_config(parent, finalists, folds, tta, seed)
+    auto = auto_views(finalists, tta)
+    config = finalize_config(parent, finalists, folds, None if auto else tta, seed)
     store = parent_sweep.store if parent_sweep.backend == "local" else local_store(s, create=True)
-    final, resumed, again = find_or_create_final_sweep(store, parent, config)
+    final, resumed, again = find_or_create_final_sweep(store, parent, config, views=auto)
     echo(f"finalize {parent.id}: {len(finalists)} configuration(s) x {folds} folds = "
          f"{len(finalists) * folds} fold trials in local sweep {final.id}" + (" (resumed)" if resumed else ""))
     for why in again:
@@ -126,7 +130,7 @@ def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int 
     if code != 0:
         echo(f"finalize: the agents exited with {code}; run the same command again to resume", err=True)
         return code
-    result = collect(store, store.get_sweep(final.id), finalists, folds)
+    result = collect(store, store.get_sweep(final.id), finalists, folds, views=auto)
     out = write_outputs(result, output, store.root)
     where = log_submission(result, out, parent, parent_sweep.backend, store.root)
     _echo_result(result, echo)
@@ -137,24 +141,33 @@ def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int 
 
 
 def _echo_result(result, echo: Echo) -> None:
-    """Out-of-fold figures (selected nested, equal, best single, with 90% intervals), then the holdout apart."""
-    e = result.estimates
+    """The views chosen (--tta auto); out-of-fold figures (selected nested, equal, best single, with 90%
+    intervals) on the images the weights were selected on, the clean and shifted ones beside; the holdout."""
+    e, shifted = result.estimates, result.selected_on == "shifted"
+    if result.tta_choice:
+        from .finalize_views import ViewChoice
+
+        echo(ViewChoice(**{k: v for k, v in result.tta_choice.items() if k != "note"}).describe())
     how = "stratified" if result.folds_stratified else "NOT stratified (a class has a single image)"
     echo(f"\nout-of-fold macro-F1 ({result.n_images} images, {result.folds} folds, {how}; "
-         f"views {','.join(result.oof_views)} as in the submission):")
+         f"views {','.join(result.oof_views)} as in the submission; weights selected on the "
+         + ("shifted copies of the held-out images, clean figures beside" if shifted else "held-out images") + "):")
     for name, n in result.small_classes.items():
         echo(f"  warning: class {name} has {n} image(s), fewer than the {result.folds} folds")
     for r in result.finalists:
         echo(f"  #{r['index']} {r['run']}: {r['oof_macro_f1']:.4f} [{r['oof_macro_f1_ci90'][0]:.3f}, "
              f"{r['oof_macro_f1_ci90'][1]:.3f}]  weight {r['weight']:.2f}  (folds: "
-             + ", ".join(f"{v:.3f}" for v in r["fold_macro_f1"]) + f"; one view: {r['oof_macro_f1_single_view']:.4f})")
+             + ", ".join(f"{v:.3f}" for v in r["fold_macro_f1"])
+             + (f"; clean: {r['oof_macro_f1_clean']:.4f}" if shifted else "")
+             + f"; one view: {r['oof_macro_f1_single_view']:.4f})")
     for name, label in (("best_single", "best single"), ("equal", "equal-weight ensemble"),
                         ("selected", "selected ensemble (nested)")):
         lo, hi = e[f"{name}_ci90"]
-        echo(f"  {label}: {e[name]:.4f}  90% interval [{lo:.4f}, {hi:.4f}]")
+        echo(f"  {label}: {e[name]:.4f}  90% interval [{lo:.4f}, {hi:.4f}]"
+             + (f"  (clean: {result.clean[name]:.4f})" if shifted else ""))
     echo(f"  P(selected ensemble beats the best single) = {e['p_selected_beats_best_single']:.2f} (paired bootstrap)")
     sv = result.single_view
-    echo(f"  one view (none): best single {sv['best_single']:.4f}, equal {sv['equal']:.4f}, "
+    echo(f"  one view (none), clean: best single {sv['best_single']:.4f}, equal {sv['equal']:.4f}, "
          f"selected {sv['selected']:.4f}")
     if result.holdout:
         echo(f"holdout macro-F1 of the submitted ensemble: {result.holdout['macro_f1']:.4f} "

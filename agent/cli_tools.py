@@ -150,7 +150,9 @@ def sync(sweep_id, dry_run):
               help="distinct configurations taken from the leaderboard")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2),
               help="folds of the training data (less the sweep's holdout); stratified when every class has 2 images")
-@click.option("--tta", default=None, help="test-time views, comma-separated (default: each configuration's tta)")
+@click.option("--tta", default=None, help="test-time views, comma-separated, or auto: chosen on the out-of-fold "
+              "predictions (shifted copies when made); default: auto when the finalists have val_shift on, "
+              "else each configuration's tta")
 @click.option("--gpus", default="all", show_default=True, help="all | none | comma-separated indices")
 @click.option("--workers", type=click.IntRange(1), default=None)
 @click.option("--seed", default=0, show_default=True, help="seed of the folds (shared by every configuration)")
@@ -168,8 +170,11 @@ def finalize(sweep_id, top, folds, tta, gpus, workers, seed, output, project, en
 
     views = [v.strip() for v in tta.split(",") if v.strip()] if tta else None
     bad = [v for v in views or [] if v not in TTA_VIEWS]
-    if bad or views == []:
-        raise click.BadParameter(f"{tta!r}: views are comma-separated from {', '.join(TTA_VIEWS)}", param_hint="--tta")
+    if views == ["auto"]:
+        views = "auto"
+    elif bad or views == []:
+        raise click.BadParameter(f"{tta!r}: views are comma-separated from {', '.join(TTA_VIEWS)}, or auto",
+                                 param_hint="--tta")
     sweep = open_sweep(sweep_id, project, entity)
     sys.exit(run_finalize(settings(), sweep, top, folds, views, gpus, workers, seed, output, echo=_echo))
 

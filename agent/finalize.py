@@ -9,11 +9,14 @@
    Every fold trial's final model predicts its held-out fold with the test-time
    views (and without), the test set with those views, and the holdout
    (cvtrain.heldout).
-3. :func:`read_folds` gathers those files as arrays; :func:`score` chooses the
-   ensemble's weights by forward selection on the out-of-fold softmax and estimates
-   it nested (agent.ensemble), beside the equal-weight ensemble and the best single
-   finalist; :func:`write_outputs` writes the submission (the chosen weights) and
-   final.json.
+3. :func:`read_folds` gathers those files as arrays; with ``--tta auto`` (the default when
+   the finalists validate on shifted copies, val_shift) the views are chosen on the
+   out-of-fold predictions (agent.finalize_views); :func:`score` chooses the ensemble's
+   weights by forward selection on the out-of-fold softmax (of the shifted copies when the
+   fold trials made them: the shifted test is what counts) and estimates it nested
+   (agent.ensemble), beside the equal-weight ensemble and the best single finalist, the
+   clean figures beside the shifted; :func:`write_outputs` writes the submission (the
+   chosen weights) and final.json.
 
 The final epoch's model is used, never the fold's best epoch: choosing the epoch
 on the held-out fold would make the out-of-fold estimate optimistic. The finalists
@@ -32,9 +35,11 @@ import numpy as np
 import yaml
 
 from cvtrain.config import GROUPS, PARAM_KEYS, DataConfig
+from cvtrain.shift_profile import is_off
 
 from . import ensemble as E
 from .controller import LocalController
+from .finalize_views import apply_views, choose_views
 from .fold_outputs import OutputsError, incomplete, read_folds
 from .queries import leaderboard
 from .store import RunStore, SQLiteStore, Sweep
@@ -92,6 +97,23 @@ def select_finalists(store: RunStore, sweep_id: str, top: int) -> list[Finalist]
     return out
 
 
+def shift_on(params: dict) -> bool:
+    """Whether a finalist's configuration validates on shifted copies (val_shift: a profile dict, or a
+    profile file a trial without config.yaml was swept with)."""
+    profile = params.get("val_shift")
+    if isinstance(profile, dict):
+        try:
+            return not is_off(profile)
+        except (KeyError, TypeError, ValueError):
+            return bool(profile)
+    return bool(profile)
+
+
+def auto_views(finalists: list[Finalist], tta) -> bool:
+    """``--tta auto``, or no ``--tta`` and every finalist with val_shift on: choose the views out of fold."""
+    return tta == "auto" or (tta is None and all(shift_on(f.params) for f in finalists))
+
+
 def with_holdout(config: dict, fraction: float, seed: int = 0) -> dict:
     """A sweep config whose every trial leaves the same stratified ``fraction`` out (data settings
     holdout, holdout_seed: the trainer's split honours them on either backend)."""
@@ -126,9 +148,10 @@ def finalize_config(parent: Sweep, finalists: list[Finalist], folds: int, tta: l
             "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"}, "parameters": params}
 
 
-def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict) -> tuple[Sweep, bool, list[str]]:
+def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict,
+                               views: bool = False) -> tuple[Sweep, bool, list[str]]:
     """The finalize sweep with exactly this config (resumed: its whole folds stay), else a new one;
-    and the fold trials queued again, each with why."""
+    and the fold trials queued again, each with why (``views``: every view's softmax is needed too)."""
 
     for s in reversed(store.list_sweeps()):
         if s.config != config or s.state == "cancelled":
@@ -139,7 +162,7 @@ def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict) 
         again = {t.id: f"{t.name}: {t.state}" for t in store.list_trials(s.id, with_history=False)
                  if t.state in ("failed", "crashed")}
         for t in store.list_trials(s.id, states=("finished",), with_history=False):
-            why = incomplete(t)
+            why = incomplete(t, views)
             if why:
                 again[t.id] = f"{t.name}: {why}"
         store.queue_again(list(again))
@@ -165,6 +188,9 @@ class FinalResult:
     single_view: dict = field(default_factory=dict)   # best_single, equal, selected without test-time views
     shifted: dict = field(default_factory=dict)       # the same on the shifted held-out copies, when made
     holdout: dict | None = None            # n_images, macro_f1 of the submitted ensemble
+    selected_on: str = "clean"             # the OOF images weights and estimates are on: "shifted" | "clean"
+    clean: dict = field(default_factory=dict)         # best_single, equal, selected on the clean held-out images
+    tta_choice: dict | None = None         # --tta auto: agent.finalize_views.ViewChoice.to_json()
     test_ids: list[str] = field(default_factory=list)
     test_probs: np.ndarray | None = None   # the submitted ensemble's (weighted) softmax
     data_dir: str | None = None            # as the fold trials resolved it (their config.yaml)
@@ -182,6 +208,7 @@ class FinalResult:
                "oof_views": self.oof_views, "finalists": self.finalists,
                "weights": {f["run"]: f["weight"] for f in self.finalists}, "oof_macro_f1": self.oof_macro_f1,
                "p_selected_beats_best_single": e["p_selected_beats_best_single"],
+               "selected_on": self.selected_on, "tta_choice": self.tta_choice, "oof_clean": self.clean,
                "oof_single_view": self.single_view, "oof_shift": self.shifted or None, "holdout": self.holdout,
                "confusion": self.confusion, "class_names": self.class_names, "n_images": self.n_images,
                "created_at": time.time()}
@@ -192,11 +219,13 @@ class FinalResult:
         return out
 
 
-def collect(store: SQLiteStore, final: Sweep, finalists: list[Finalist], folds: int) -> FinalResult:
-    """Read every fold's predictions and score them (:func:`score`); FinalizeError when some are missing."""
+def collect(store: SQLiteStore, final: Sweep, finalists: list[Finalist], folds: int,
+            views: bool = False) -> FinalResult:
+    """Read every fold's predictions and score them (:func:`score`); FinalizeError when some are missing.
+    ``views``: the test-time views are chosen out of fold first (agent.finalize_views)."""
 
     try:
-        data, missing = read_folds(store, final, [f.params for f in finalists])
+        data, missing = read_folds(store, final, [f.params for f in finalists], views)
     except OutputsError as exc:
         raise FinalizeError(str(exc)) from None
     if missing:
@@ -204,47 +233,85 @@ def collect(store: SQLiteStore, final: Sweep, finalists: list[Finalist], folds: 
                             "whole predictions: " + "; ".join(missing[:8]) + ". Run the same `cvsweep finalize` "
                             f"again: it queues them once more (fix what failed first; `cvsweep runs {final.id} "
                             "--state failed` shows why)")
-    return score(data, finalists, final, folds)
+    return score_views(data, finalists, final, folds) if views else score(data, finalists, final, folds)
+
+
+def score_views(data, finalists: list[Finalist], final: Sweep, folds: int, n_boot: int = 2000) -> FinalResult:
+    """:func:`score` with the views chosen on the out-of-fold predictions (``data.views``) first."""
+    choice = choose_views(data)
+    apply_views(data, choice.views)
+    result = score(data, finalists, final, folds, n_boot)
+    result.oof_views, result.tta_choice = choice.views, choice.to_json()
+    return result
 
 
 def score(data, finalists: list[Finalist], final: Sweep, folds: int, n_boot: int = 2000) -> FinalResult:
-    """The ensemble out of fold (agent.ensemble) from the fold trials' arrays (fold_outputs.FoldOutputs)."""
+    """The ensemble out of fold (agent.ensemble) from the fold trials' arrays (fold_outputs.FoldOutputs):
+    weights and estimates on the shifted held-out copies when every fold trial made them, else the clean."""
     from cvtrain.data import folds_stratified, small_classes  # lazy: the trainer's data path (torch)
 
-    est = E.score(data.oof["tta"], data.y, data.fold_of, n_boot=n_boot)
-    c = data.oof["tta"].shape[2]
+    selected_on = "shifted" if "shift" in data.oof else "clean"
+    probs = data.oof["shift" if selected_on == "shifted" else "tta"]
+    est = E.score(probs, data.y, data.fold_of, n_boot=n_boot)
+    c = probs.shape[2]
     names = data.class_names or [str(k) for k in range(c)]
-    best_ci = est["single_ci90"][est["best_index"]]
-    rows = [{"index": f.index, "run": f.run, "run_id": f.run_id, "parent_metric": f.metric, "params": f.params,
-             "config_from": f.config_from, "weight": w, "oof_macro_f1": f1, "oof_macro_f1_ci90": ci,
-             "oof_macro_f1_single_view": E.macro_f1(data.y, data.oof["single"][k].argmax(1), c),
-             "fold_macro_f1": E.per_fold_f1(data.y, data.oof["tta"][k].argmax(1), data.fold_of, c),
-             "tied_with_best": ci[1] >= best_ci[0]}
-            for k, (f, w, f1, ci) in enumerate(zip(finalists, est["weights"], est["single_f1"], est["single_ci90"]))]
-    nested, _ = E.nested_selection(data.oof["tta"], data.y, data.fold_of)
+    nested = _nested_pred(probs, data.fold_of, est["fold_weights"])
     weights = np.array(est["weights"])
     cfg = data.config
     result = FinalResult(
         parent=final.config["parameters"]["parent_sweep"]["value"], final_sweep=final.id, folds=folds,
-        finalists=rows, estimates=est, oof_views=list(cfg.get("tta") or ["none"]),
+        finalists=_finalist_rows(data, finalists, est, probs), estimates=est,
+        oof_views=list(cfg.get("tta") or ["none"]),
         folds_stratified=folds_stratified(data.y, DataConfig(folds=folds, stratify=bool(cfg.get("stratify", True)))),
         small_classes={names[k]: n for k, n in small_classes(data.y, folds).items()},
         confusion=_confusion(data.y, nested, c), class_names=names, n_images=len(data.ids),
         single_view=_points(data.oof["single"], data.y, data.fold_of),
         shifted=_points(data.oof["shift"], data.y, data.fold_of) if "shift" in data.oof else {},
         test_ids=data.test_ids, test_probs=None if data.test is None else E.combine(data.test, weights),
-        data_dir=cfg.get("data_dir"), sample_submission=cfg.get("sample_submission") or "sample_submission.csv")
+        data_dir=cfg.get("data_dir"), sample_submission=cfg.get("sample_submission") or "sample_submission.csv",
+        selected_on=selected_on, clean=_points(data.oof["tta"], data.y, data.fold_of, est["fold_weights"]))
     if data.holdout is not None:
         pred = E.combine(data.holdout, weights).argmax(1)
         result.holdout = {"n_images": len(data.holdout_ids), "macro_f1": E.macro_f1(data.holdout_y, pred, c)}
     return result
 
 
-def _points(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray) -> dict:
-    """Best single, equal-weight and nested selected macro-F1 (no intervals) of one set of OOF predictions."""
+def _finalist_rows(data, finalists: list[Finalist], est: dict, probs: np.ndarray) -> list[dict]:
+    """Each finalist's weight and out-of-fold figures (on ``probs``, the selection's images), clean and shifted."""
+    c = probs.shape[2]
+    best_ci = est["single_ci90"][est["best_index"]]
+
+    def f1(variant: str, k: int) -> float | None:
+        return E.macro_f1(data.y, data.oof[variant][k].argmax(1), c) if variant in data.oof else None
+
+    return [{"index": f.index, "run": f.run, "run_id": f.run_id, "parent_metric": f.metric, "params": f.params,
+             "config_from": f.config_from, "weight": w, "oof_macro_f1": score, "oof_macro_f1_ci90": ci,
+             "oof_macro_f1_clean": f1("tta", k), "oof_macro_f1_shift": f1("shift", k),
+             "oof_macro_f1_single_view": f1("single", k),
+             "fold_macro_f1": E.per_fold_f1(data.y, probs[k].argmax(1), data.fold_of, c),
+             "tied_with_best": ci[1] >= best_ci[0]}
+            for k, (f, w, score, ci) in enumerate(zip(finalists, est["weights"], est["single_f1"],
+                                                      est["single_ci90"]))]
+
+
+def _nested_pred(probs: np.ndarray, fold_of: np.ndarray, fold_weights: dict) -> np.ndarray:
+    """Each held-out fold predicted by the ensemble weighted as selected on the other folds."""
+    pred = np.empty(probs.shape[1], dtype=np.int64)
+    for f, w in fold_weights.items():
+        held = fold_of == int(f)
+        pred[held] = E.combine(probs[:, held], np.asarray(w)).argmax(1)
+    return pred
+
+
+def _points(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray, fold_weights: dict | None = None) -> dict:
+    """Best single, equal-weight and nested selected macro-F1 (no intervals) of one set of OOF predictions;
+    ``fold_weights``: the selection made on other images (each fold's weights), else one on these."""
     c = probs.shape[2]
     singles = [E.macro_f1(y, p.argmax(1), c) for p in probs]
-    nested, _ = E.nested_selection(probs, y, fold_of)
+    if fold_weights is None:
+        nested, _ = E.nested_selection(probs, y, fold_of)
+    else:
+        nested = _nested_pred(probs, fold_of, fold_weights)
     return {"best_single": max(singles), "equal": E.macro_f1(y, probs.mean(0).argmax(1), c),
             "selected": E.macro_f1(y, nested, c)}
 

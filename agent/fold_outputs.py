@@ -19,6 +19,8 @@ OOF_FILES = {"tta": "val_predictions.csv", "single": "val_predictions_single.csv
 #: Read when every fold trial wrote it: a shifted copy of the held-out fold (val_shift), same views.
 OPTIONAL_OOF_FILES = {"shift": "val_shift_predictions.csv"}
 TEST, HOLDOUT = "test_predictions.csv", "holdout_predictions.csv"
+#: Every test-time view's softmax (cvtrain.heldout.write_view_predictions), read for ``finalize --tta auto``.
+VIEWS_FILE = "view_predictions.npz"
 
 
 class OutputsError(ValueError):
@@ -38,6 +40,9 @@ class FoldOutputs:
     holdout_ids: list[str] = field(default_factory=list)
     holdout_y: np.ndarray | None = None
     holdout: np.ndarray | None = None     # (K, H, C): each finalist's mean over its folds
+    #: read with views: "names" (V view names), "val", "shift" (K, V, N, C), "test" (K, V, T, C) and
+    #: "holdout" (K, V, H, C) (test and holdout: means over folds), each where every fold trial has it
+    views: dict | None = None
 
 
 def read_probs(path: Path) -> tuple[list[tuple], np.ndarray]:
@@ -66,8 +71,27 @@ def expected_test_rows(cfg: dict) -> int | None:
         return max(0, sum(1 for _ in csv.reader(f)) - 1)
 
 
-def read_trial(out: Path) -> dict:
-    """Everything one finished fold trial wrote: {"config", variant files, "test", "holdout"}; OutputsError."""
+def read_views(path: Path, cfg: dict) -> dict[str, np.ndarray]:
+    """A fold trial's view_predictions.npz as arrays; OutputsError when it is missing or not whole."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            got = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise OutputsError(f"{path}: {exc}") from None
+    need = ["views", "val_ids", "val_y", "val"] + (["test_ids", "test"] if expected_test_rows(cfg) is not None else [])
+    lacking = [k for k in need if k not in got]
+    if lacking:
+        raise OutputsError(f"{path}: no {', '.join(lacking)} (a file from an older trainer?)")
+    n_views = len(got["views"])
+    for k in ("val", "val_shift", "test", "holdout"):
+        if k in got and (got[k].ndim != 3 or len(got[k]) != n_views or not np.isfinite(got[k]).all()):
+            raise OutputsError(f"{path}: {k} is not (views, images, classes) of finite probabilities")
+    return got
+
+
+def read_trial(out: Path, views: bool = False) -> dict:
+    """Everything one finished fold trial wrote: {"config", variant files, "test", "holdout"} and, with
+    ``views``, "views" (:func:`read_views`); OutputsError."""
     if not (out / "config.yaml").is_file():
         raise OutputsError(f"{out / 'config.yaml'} is missing")
     cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
@@ -84,15 +108,17 @@ def read_trial(out: Path) -> dict:
             raise OutputsError(f"{out / TEST}: {len(got['test'][0])} rows, the test set has {want}")
     if float(cfg.get("holdout") or 0) > 0:
         got["holdout"] = read_probs(out / HOLDOUT)
+    if views:
+        got["views"] = read_views(out / VIEWS_FILE, cfg)
     if (out / "confusion_matrix.json").is_file():
         got["class_names"] = json.loads((out / "confusion_matrix.json").read_text()).get("class_names")
     return got
 
 
-def incomplete(trial: Trial) -> str | None:
+def incomplete(trial: Trial, views: bool = False) -> str | None:
     """Why a finished fold trial's outputs cannot be used (then it must run again), or None."""
     try:
-        read_trial(Path(trial.output_dir or "-"))
+        read_trial(Path(trial.output_dir or "-"), views)
     except OutputsError as exc:
         return str(exc)
     return None
@@ -102,8 +128,10 @@ def _by_id(keys: list[tuple], probs: np.ndarray) -> dict[str, tuple[int, np.ndar
     return {k[0]: (int(k[1]), p) for k, p in zip(keys, probs)}
 
 
-def read_folds(store: SQLiteStore, final: Sweep, candidates: list[dict]) -> tuple[FoldOutputs, list[str]]:
-    """The fold trials of ``candidates`` (in finalist order) as arrays, and what is missing (then no arrays)."""
+def read_folds(store: SQLiteStore, final: Sweep, candidates: list[dict],
+               views: bool = False) -> tuple[FoldOutputs, list[str]]:
+    """The fold trials of ``candidates`` (in finalist order) as arrays, and what is missing (then no arrays);
+    ``views``: with every view's softmax (FoldOutputs.views)."""
     keys = [json.dumps(c, sort_keys=True) for c in candidates]
     per: list[list[tuple[int, dict]]] = [[] for _ in candidates]
     missing = []
@@ -114,7 +142,7 @@ def read_folds(store: SQLiteStore, final: Sweep, candidates: list[dict]) -> tupl
         try:
             if t.state != "finished":
                 raise OutputsError(t.state + (": " + t.error.splitlines()[0] if t.error else ""))
-            per[keys.index(key)].append((int(t.params["fold"]), read_trial(Path(t.output_dir or "-"))))
+            per[keys.index(key)].append((int(t.params["fold"]), read_trial(Path(t.output_dir or "-"), views)))
         except OutputsError as exc:
             missing.append(f"{t.name} ({exc})")
     return (None if missing else _assemble(per)), missing
@@ -148,6 +176,8 @@ def _assemble(per: list[list[tuple[int, dict]]]) -> FoldOutputs:
                       {v: np.stack([np.stack([h[i] for i in ids]) for h in hs]) for v, hs in oof.items()},
                       first["config"], first.get("class_names"))
     _stack_test_and_holdout(out, per)
+    if all("views" in got for trials in per for _, got in trials):
+        out.views = _stack_views(out, per)
     return out
 
 
@@ -163,3 +193,34 @@ def _stack_test_and_holdout(out: FoldOutputs, per: list[list[tuple[int, dict]]])
         if any(got["holdout"][0] != keys for trials in per for _, got in trials):
             raise OutputsError("the fold trials held out different holdout images")
         out.holdout = np.stack([np.mean([got["holdout"][1] for _, got in trials], axis=0) for trials in per])
+
+
+def _stack_views(out: FoldOutputs, per: list[list[tuple[int, dict]]]) -> dict:
+    """Every view's softmax, in the order of ``out`` (images sorted by ID; test and holdout as stacked)."""
+    names = [str(v) for v in per[0][0][1]["views"]["views"]]
+    zs = [[got["views"] for _, got in trials] for trials in per]
+    if any([str(v) for v in z["views"]] != names for trials in zs for z in trials):
+        raise OutputsError("the fold trials predicted different test-time views")
+    pos = {img: i for i, img in enumerate(out.ids)}
+    views: dict = {"names": names}
+    for key, name in (("val", "val"), ("val_shift", "shift")):
+        if not all(key in z for trials in zs for z in trials):
+            continue
+        arr = np.zeros((len(per), len(names), len(out.ids), next(iter(out.oof.values())).shape[2]))
+        for k, trials in enumerate(zs):
+            filled = np.zeros(len(out.ids), dtype=bool)
+            for z in trials:
+                rows = [pos.get(str(i), -1) for i in z["val_ids"]]
+                if min(rows, default=0) < 0:
+                    raise OutputsError("view_predictions.npz holds out images the CSV files do not")
+                arr[k][:, rows] = z[key]
+                filled[rows] = True
+            if not filled.all():
+                raise OutputsError("the fold trials' view_predictions.npz do not hold out every image")
+        views[name] = arr
+    for key, ids in (("test", out.test_ids), ("holdout", out.holdout_ids)):
+        if ids and all(key in z for trials in zs for z in trials):
+            if any([str(i) for i in z[f"{key}_ids"]] != list(ids) for trials in zs for z in trials):
+                raise OutputsError(f"view_predictions.npz: the {key} images differ from {key}_predictions.csv's")
+            views[key] = np.stack([np.mean([z[key] for z in trials], axis=0) for trials in zs])
+    return views

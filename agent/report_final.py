@@ -25,6 +25,15 @@ def final_section(page, final: dict, metric: str) -> None:
              "out-of-fold predictions; the selected ensemble's figure is nested (weights chosen on the other "
              "folds). The configurations were chosen on the sweep's validation images, which are part of these "
              "folds: all figures favour them a little.</p>")
+    if final.get("tta_choice"):
+        t = final["tta_choice"]
+        page.note(f"Views chosen out of fold (--tta auto): {html.escape(', '.join(t['views']))}: the finalists' mean "
+                  f"macro-F1 {t['f1']:.4f} on the {html.escape(t['scored_on'])} held-out images vs {t['f1_none']:.4f} "
+                  f"without test-time views; chosen on those same images, so slightly optimistic (chosen on the "
+                  f"other folds: {t['f1_nested']:.4f}).")
+    if final.get("selected_on") == "shifted":
+        page.note("The weights and the figures below are on the shifted copies of the held-out images (val_shift: "
+                  "the shifted test is what counts); the clean figures are beside them.")
     if final.get("small_classes"):
         page.note("Classes with fewer images than folds (some folds validate none of them): " + ", ".join(
             f"{html.escape(str(k))} ({v})" for k, v in final["small_classes"].items()))
@@ -32,10 +41,12 @@ def final_section(page, final: dict, metric: str) -> None:
         f"<tr><td class='num'>{r['index']}</td><td>{html.escape(r['run'])}</td>"
         f"<td class='num'>{r['parent_metric']:.4f}</td><td class='num'>{r.get('weight', 0):.2f}</td>"
         f"<td class='num'>{r['oof_macro_f1']:.4f}</td><td>{_ci(r.get('oof_macro_f1_ci90'))}</td>"
+        f"<td class='num'>{_num(r.get('oof_macro_f1_clean'))}</td><td class='num'>{_num(r.get('oof_macro_f1_shift'))}</td>"
         f"<td class='num'>{_num(r.get('oof_macro_f1_single_view'))}</td>"
         f"<td>{', '.join(f'{v:.3f}' for v in r['fold_macro_f1'])}</td></tr>" for r in final["finalists"])
     page.add(f"<table id='final-finalists'><thead><tr><th>#</th><th>from trial</th><th>sweep {html.escape(metric)}</th>"
-             "<th>weight</th><th>OOF macro-F1</th><th>90% interval</th><th>one view</th><th>per fold</th></tr>"
+             "<th>weight</th><th>OOF macro-F1</th><th>90% interval</th><th>clean</th><th>shifted</th><th>one view</th>"
+             "<th>per fold</th></tr>"
              "</thead><tbody>" + body + "</tbody></table>")
     if "oof_macro_f1_selected" in final:
         _final_estimates(page, final)
@@ -63,6 +74,10 @@ def _final_estimates(page, final: dict) -> None:
              "<th>fold range</th><th>per fold</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
     notes = [(f"P(selected ensemble beats the best single) = {final['p_selected_beats_best_single']:.2f} "
               "(paired bootstrap over images).")]
+    if final.get("selected_on") == "shifted" and final.get("oof_clean"):
+        c = final["oof_clean"]
+        notes.append(f"Clean held-out images, same weights: best single {c['best_single']:.4f}, equal-weight "
+                     f"{c['equal']:.4f}, selected {c['selected']:.4f}.")
     sv = final.get("oof_single_view") or {}
     if sv:
         notes.append(f"With one view (none): best single {sv['best_single']:.4f}, equal-weight {sv['equal']:.4f}, "

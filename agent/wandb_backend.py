@@ -301,15 +301,24 @@ def _cell(v):
     return v
 
 
+def submission_meta(result) -> dict:
+    """What the finalize run's config and the submission artifact carry: the figures, each finalist's weight,
+    the views (and how they were chosen), the images the weights were selected on, clean and shifted figures."""
+    keys = ("oof_macro_f1", "oof_macro_f1_clean", "oof_macro_f1_shift", "weight")
+    return {"oof_macro_f1": result.oof_macro_f1, "folds": result.folds, "parent_sweep": result.parent,
+            "final_sweep": result.final_sweep, "n_images": result.n_images, "oof_views": list(result.oof_views),
+            "tta_choice": result.tta_choice, "selected_on": result.selected_on, "oof_clean": result.clean,
+            "oof_shift": result.shifted or None, "weights": {f["run"]: f["weight"] for f in result.finalists},
+            "finalists": [{"index": f["index"], "run": f["run"], **{k: f.get(k) for k in keys}}
+                          for f in result.finalists]}
+
+
 def log_submission(result, submission, sweep: Sweep, backend: str, state_root) -> str:
     """A ``finalize`` run grouped with the parent sweep: the submission as an artifact, OOF figures in its
     metadata and summary. Local sweeps get an offline run (``cvsweep sync`` uploads it)."""
     import wandb  # lazy: wandb takes seconds to import; only the calls that talk to W&B load it
 
-    meta = {"oof_macro_f1": result.oof_macro_f1, "folds": result.folds, "parent_sweep": result.parent,
-            "final_sweep": result.final_sweep, "n_images": result.n_images,
-            "finalists": [{"index": f["index"], "run": f["run"], "oof_macro_f1": f["oof_macro_f1"]}
-                          for f in result.finalists]}
+    meta = submission_meta(result)
     kwargs = dict(project=sweep.project or "cvsweep", entity=sweep.entity, group=result.parent, job_type="finalize",
                   name=f"{sweep.name or sweep.id}-submission", mode="online" if backend == "wandb" else "offline",
                   tags=["cvsweep", f"sweep-{result.parent}", "finalize"], config=meta,

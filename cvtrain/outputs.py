@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+import numpy as np
+
 from . import checkpoint as ckpt
 from . import data as D
-from .heldout import write_heldout_predictions, write_probs
+from .heldout import VIEWS_FILE, all_views, mean_of, write_heldout_predictions, write_probs, write_view_predictions
 from .metrics import confusion, per_class_report, save_confusion_png
-from .predict import test_probs
+from .predict import decode_test_set
 from .stop import EXIT_PREEMPTED
 from .tracking import finish_run, mark_preempting, save_model_artifact
 
@@ -125,24 +127,29 @@ def _log_checkpoints(s: Session) -> None:
 
 
 def _save_predictions(s: Session) -> None:
-    """The final epoch's model: softmax on its held-out images (cvtrain.heldout) and, when the data has
-    a test set, on the test images with the ``tta`` views. Finalize builds OOF estimates and the
-    ensemble from these files; the final epoch (not the best) keeps the OOF estimate honest."""
+    """The final epoch's model: softmax on its held-out images (cvtrain.heldout: clean, and the shifted
+    copies the epochs validated on when val_shift is on) and, when the data has a test set, on the test
+    images with the ``tta`` views; every view's softmax in view_predictions.npz. Finalize builds OOF
+    estimates and the ensemble from these files; the final epoch (not the best) keeps the OOF estimate honest."""
     e, d = s.cfg.experiment, s.cfg.data
-    write_heldout_predictions(s.model, s.data.val_ds.images, s.data.index, s.data.val_ds.indices,
-                              D.holdout_indices(s.data.index.labels, d)[1], list(e.tta), s.normalize,
-                              e.batch_size * 2, s.out_dir)
+    shifted = None if s.shifted_val is None else s.shifted_val.x.permute(0, 2, 3, 1).cpu().numpy()
+    arrays = write_heldout_predictions(s.model, s.data.val_ds.images, s.data.index, s.data.val_ds.indices,
+                                       D.holdout_indices(s.data.index.labels, d)[1], list(e.tta), s.normalize,
+                                       e.batch_size * 2, s.out_dir, shifted)
     root = Path(d.data_dir)
     if not (root / d.sample_submission).is_file():
         log.info("no %s in %s: no test predictions", d.sample_submission, root)
-        return
-    with warnings.catch_warnings():  # unreadable test images were named at setup (check_test_set)
-        warnings.simplefilter("ignore", UserWarning)
-        _, test_ids, probs = test_probs(s.model, root, e.img_size, d.resize, list(e.tta), s.device,
-                                        test_dir=d.test_dir, sample_submission=d.sample_submission,
-                                        cache_dir=d.cache_dir, batch_size=e.batch_size * 2,
-                                        skip_bad_images=d.skip_bad_images, data_config=s.normalize.data_config)
-    write_probs(s.out_dir / "test_predictions.csv", ["ID"], [(i,) for i in test_ids], probs.numpy())
+    else:
+        with warnings.catch_warnings():  # unreadable test images were named at setup (check_test_set)
+            warnings.simplefilter("ignore", UserWarning)
+            _, test_ids, decoded = decode_test_set(root, e.img_size, d.resize, test_dir=d.test_dir,
+                                                   sample_submission=d.sample_submission, cache_dir=d.cache_dir,
+                                                   skip_bad_images=d.skip_bad_images)
+        arrays.update(test_ids=np.array(test_ids), test=all_views(s.model, decoded.array, s.normalize,
+                                                                  e.batch_size * 2))
+        write_probs(s.out_dir / "test_predictions.csv", ["ID"], [(i,) for i in test_ids],
+                    mean_of(arrays["test"], list(e.tta)))
+    write_view_predictions(s.out_dir / VIEWS_FILE, arrays)
 
 
 def _summary_to_run(run, summary: dict) -> None:

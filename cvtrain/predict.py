@@ -47,8 +47,9 @@ def _older_checkpoint_info(obj: dict, cfg, checkpoint) -> dict:
 
 
 @torch.no_grad()
-def predict_probs(model, images, normalize, views: list[str], batch_size: int) -> torch.Tensor:
-    """Mean softmax over the TTA views; ``images`` is (N, H, W, 3) uint8.
+def predict_probs(model, images, normalize, views: list[str], batch_size: int, per_view: bool = False) -> torch.Tensor:
+    """Mean softmax over the TTA views; ``images`` is (N, H, W, 3) uint8. ``per_view``: each view's
+    softmax instead, (len(views), N, C).
 
     All views of a chunk of images go through the model in one forward pass of at most
     ``batch_size`` views (at least one image's), made on the device from the uint8 chunk.
@@ -62,9 +63,9 @@ def predict_probs(model, images, normalize, views: list[str], batch_size: int) -
             x = x.pin_memory()
         x = x.to(device, non_blocking=True)
         logits = model(normalize(stack_views(x, views))).float()
-        p = torch.softmax(logits, dim=1).view(len(views), x.shape[0], -1).mean(0)
-        out.append(p.cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        p = torch.softmax(logits, dim=1).view(len(views), x.shape[0], -1)
+        out.append((p if per_view else p.mean(0)).cpu())
+    return torch.cat(out, dim=1 if per_view else 0) if out else torch.zeros(0)
 
 
 def read_test_set(root: str | Path, test_dir: str = "test", sample_submission: str = "sample_submission.csv"):

@@ -1,6 +1,8 @@
 """Test-time views: the rotations and flips the documents' test set has, batched."""
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 TTA_VIEWS = ("none", "rot90", "rot180", "rot270", "hflip", "vflip")
 
 
@@ -24,3 +26,21 @@ def stack_views(x, views: list[str]):
     import torch  # lazy: the configuration checks import this module for TTA_VIEWS, before torch
 
     return torch.cat([apply_view(x, v) for v in views])
+
+
+def greedy_add(score: Callable[[list[str]], float], candidates: Iterable[str]) -> tuple[list[str], float, float]:
+    """(views, their score, the score of 'none'): from ``["none"]``, add the candidate that scores best
+    while it raises the score (ties: the later name). ``predict --tta auto`` and ``finalize --tta auto``."""
+    candidates = list(candidates)
+    chosen, best = ["none"], score(["none"])
+    base = best
+    while True:
+        trials = [(score(chosen + [v]), v) for v in candidates if v not in chosen]
+        if not trials:
+            break
+        f1, v = max(trials)
+        if f1 <= best:
+            break
+        chosen.append(v)
+        best = f1
+    return chosen, best, base

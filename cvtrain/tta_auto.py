@@ -18,7 +18,7 @@ from .config import Config
 from .metrics import epoch_metrics
 from .norm import Normalizer
 from .shift_profile import is_off
-from .tta import TTA_VIEWS, apply_view
+from .tta import TTA_VIEWS, apply_view, greedy_add
 
 
 @dataclass
@@ -68,18 +68,7 @@ def greedy_views(probs: dict[str, np.ndarray], y: np.ndarray) -> tuple[list[str]
     def score(vs):
         return epoch_metrics(y, np.mean([probs[v] for v in vs], 0).argmax(1))["f1"]
 
-    chosen, best = ["none"], score(["none"])
-    base = best
-    while True:
-        trials = [(score(chosen + [v]), v) for v in probs if v not in chosen]
-        if not trials:
-            break
-        f1, v = max(trials)
-        if f1 <= best:
-            break
-        chosen.append(v)
-        best = f1
-    return chosen, best, base
+    return greedy_add(score, probs)
 
 
 def choose_tta(model, cfg: Config, device: torch.device, profile: dict | None = None, batch_size: int = 64,

@@ -106,3 +106,123 @@ def test_create_with_a_holdout_stores_it_with_the_sweep(tmp_path, demo_dir, cach
     assert params["holdout"] == {"value": 0.1} and params["holdout_seed"] == {"value": 0}
     bad = cvsweep(["create", str(f), "--backend", "local", "--holdout", "0.5"], tmp_path / "state")
     assert bad.returncode == 2 and "--holdout" in bad.stderr and "0.5" in bad.stderr
+
+
+VIEWS = ["none", "rot90", "rot180", "rot270", "hflip", "vflip"]
+
+
+def viewed(seed=0, n=150, c=4):
+    """Fold outputs with every view's softmax: on the shifted copies only rot180 sees the truth well
+    (most pages came upside down), on the clean images "none" does; member 2 is best shifted, member 0 clean."""
+    data = outputs(seed, n, c)
+    rng = np.random.default_rng(seed + 1)
+    eye = np.eye(c)
+
+    def noise(*shape):
+        return rng.dirichlet(np.ones(c), shape[:-1]) if len(shape) == 2 else np.stack(
+            [noise(*shape[1:]) for _ in range(shape[0])])
+
+    k, v = 3, len(VIEWS)
+    val, shift = noise(k, v, n, c), noise(k, v, n, c)
+    for m, (clean_s, shift_s) in enumerate([(2.0, 0.3), (1.0, 0.5), (0.2, 1.5)]):
+        val[m, 0] += clean_s * eye[data.y] * rng.random((n, 1))
+        shift[m, 2] += shift_s * eye[data.y] * rng.random((n, 1))
+    test, hold = noise(k, v, 2, c), noise(k, v, 30, c)
+    hold[:, 2] += eye[data.holdout_y]
+    data.views = {"names": VIEWS, "val": val, "shift": shift, "test": test, "holdout": hold}
+    return data
+
+
+def test_auto_views_are_chosen_on_the_shifted_oof_and_make_every_array_finalize_uses():
+    from agent.finalize_views import apply_views, choose_views, mean_f1
+
+    data = viewed()
+    choice = choose_views(data)
+    assert choice.views[:2] == ["none", "rot180"] and choice.scored_on == "shifted"
+    shift = data.views["shift"]
+    assert choice.f1 == pytest.approx(mean_f1(shift, VIEWS, data.y, choice.views))
+    assert choice.f1_none == pytest.approx(mean_f1(shift, VIEWS, data.y, ["none"])) and choice.f1 > choice.f1_none
+    assert all(mean_f1(shift, VIEWS, data.y, choice.views + [v]) <= choice.f1 for v in VIEWS if v not in choice.views)
+    assert 0 <= choice.f1_nested <= 1 and "tta auto: views none, rot180" in choice.describe()
+    idx = [VIEWS.index(v) for v in choice.views]
+    apply_views(data, choice.views)
+    assert np.allclose(data.oof["shift"], shift[:, idx].mean(1))
+    assert np.allclose(data.oof["tta"], data.views["val"][:, idx].mean(1))
+    assert np.allclose(data.oof["single"], data.views["val"][:, 0])
+    assert np.allclose(data.test, data.views["test"][:, idx].mean(1))
+    assert np.allclose(data.holdout, data.views["holdout"][:, idx].mean(1))
+    del data.views["shift"]
+    assert choose_views(data).scored_on == "clean"
+
+
+def test_the_nested_view_choice_scores_each_fold_with_views_chosen_on_the_others():
+    from agent.finalize_views import greedy, nested_f1
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    fold_of = np.arange(60) % 2
+    probs = np.stack([np.stack([rng.dirichlet([1, 1], 60) for _ in VIEWS])])
+    # rot90 tells the truth on fold 0 only, hflip on fold 1 only: chosen on the other fold, neither helps
+    probs[0, 1, fold_of == 0] = np.eye(2)[y[fold_of == 0]]
+    probs[0, 4, fold_of == 1] = np.eye(2)[y[fold_of == 1]]
+    views, f1, _ = greedy(probs, VIEWS, y)
+    pred = np.empty(60, dtype=np.int64)
+    for f in (0, 1):
+        vs, _, _ = greedy(probs[:, :, fold_of != f], VIEWS, y[fold_of != f])
+        held = fold_of == f
+        pred[held] = probs[0, [VIEWS.index(v) for v in vs]][:, held].mean(0).argmax(1)
+    nested = nested_f1(probs, VIEWS, y, fold_of)
+    assert nested == pytest.approx(E.macro_f1(y, pred, 2)) and nested < f1
+
+
+def test_with_shifted_oof_the_weights_are_selected_on_it_and_the_clean_figures_stay():
+    from agent.finalize import score_views
+
+    data = viewed()
+    result = score_views(data, FINALISTS, FINAL, 3, n_boot=200)
+    j = json.loads(json.dumps(result.to_json(), default=float))
+    shift, clean = data.oof["shift"], data.oof["tta"]
+    assert j["selected_on"] == "shifted" and j["oof_views"] == j["tta_choice"]["views"] == result.oof_views
+    assert set(j["tta_choice"]) >= {"views", "scored_on", "f1", "f1_none", "f1_nested", "note"}
+    w = np.array([j["weights"][f.run] for f in FINALISTS])
+    assert w.tolist() == E.weights_of(E.greedy_select(shift, data.y)).tolist()
+    assert w.tolist() != E.weights_of(E.greedy_select(clean, data.y)).tolist()   # the clean choice differs
+    nested, fold_weights = E.nested_selection(shift, data.y, data.fold_of)
+    assert j["oof_macro_f1"] == j["oof_macro_f1_selected"] == pytest.approx(E.macro_f1(data.y, nested))
+    assert j["oof_shift"]["selected"] == pytest.approx(j["oof_macro_f1"])
+    assert j["oof_macro_f1_best_single"] == pytest.approx(max(E.macro_f1(data.y, p.argmax(1)) for p in shift))
+    clean_nested = np.empty(len(data.y), dtype=np.int64)
+    for f, fw in fold_weights.items():
+        clean_nested[data.fold_of == f] = E.combine(clean[:, data.fold_of == f], fw).argmax(1)
+    assert j["oof_clean"] == {"best_single": pytest.approx(max(E.macro_f1(data.y, p.argmax(1)) for p in clean)),
+                              "equal": pytest.approx(E.macro_f1(data.y, clean.mean(0).argmax(1))),
+                              "selected": pytest.approx(E.macro_f1(data.y, clean_nested))}
+    from cvtrain.metrics import macro_f1_from_confusion
+    assert macro_f1_from_confusion(j["confusion"]) == pytest.approx(j["oof_macro_f1"])
+    assert np.allclose(result.test_probs, np.tensordot(w, data.test, axes=1))
+    row = j["finalists"][0]
+    assert row["oof_macro_f1_clean"] == pytest.approx(E.macro_f1(data.y, clean[0].argmax(1)))
+    assert row["oof_macro_f1"] == row["oof_macro_f1_shift"] == pytest.approx(E.macro_f1(data.y, shift[0].argmax(1)))
+
+    page = Page("t")
+    final_section(page, j, "best_val_shift_f1")
+    html = page.render()
+    assert "Views chosen out of fold (--tta auto): none, rot180" in html and "slightly optimistic" in html
+    assert f"selected {j['oof_clean']['selected']:.4f}" in html and "shifted copies of the held-out" in html
+
+    from agent.wandb_backend import submission_meta
+    meta = json.loads(json.dumps(submission_meta(result), default=float))
+    assert meta["weights"] == j["weights"] and meta["oof_views"] == j["oof_views"]
+    assert meta["selected_on"] == "shifted" and meta["oof_shift"] == j["oof_shift"]
+    assert meta["tta_choice"]["views"] == j["oof_views"] and meta["oof_clean"] == j["oof_clean"]
+    assert [f["weight"] for f in meta["finalists"]] == w.tolist()
+    assert meta["finalists"][0]["oof_macro_f1_shift"] == row["oof_macro_f1_shift"]
+
+
+def test_auto_is_the_default_when_every_finalist_validates_on_shifted_copies():
+    from agent.finalize import auto_views
+
+    on = [Finalist(1, "a", None, 0.5, {"val_shift": {"blur": 1.0}}), Finalist(2, "b", None, 0.4, {"val_shift": "p.yaml"})]
+    off = on[:1] + [Finalist(3, "c", None, 0.3, {"val_shift": {}})]
+    assert auto_views(on, None) and not auto_views(off, None) and auto_views(off, "auto")
+    assert not auto_views(on, ["none", "rot90"])

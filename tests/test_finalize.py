@@ -17,11 +17,13 @@ from sweep_helpers import cvsweep, cvsweep_env, db_rows, tiny_params, wait_for
 pytestmark = pytest.mark.slow
 
 HOLDOUT = 0.15
+SHIFT = {"parameters": {"rotate_any": {"value": 0.5}, "brightness": {"value": 1.2}, "blur": {"value": 1.0}}}
 
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory, demo_dir, cache_dir):
-    """A real tiny local sweep with a holdout: 3 grid trials of 2 epochs on the demo data."""
+    """A real tiny local sweep with a holdout, validated on shifted copies too (val_shift): 3 grid trials
+    of 2 epochs on the demo data."""
     from agent.controller import LocalController
     from agent.finalize import with_holdout
     from agent.store import SQLiteStore
@@ -33,7 +35,7 @@ def parent(tmp_path_factory, demo_dir, cache_dir):
     sweep = LocalController(store).create_sweep(with_holdout({
         "name": "par", "method": "grid", "metric": {"name": "best_val_f1", "goal": "maximize"},
         "parameters": tiny_params(demo_dir, cache_dir, epochs={"value": 2},
-                                  learning_rate={"values": [0.003, 0.01, 0.03]})}, HOLDOUT))
+                                  learning_rate={"values": [0.003, 0.01, 0.03]}, val_shift=SHIFT)}, HOLDOUT))
     local_worker_loop(sweep.id, "w0", None, threading.Event(), poll=0.1, root=root)
     assert {t.state for t in store.list_trials(sweep.id)} == {"finished"}
     return root, sweep.id
@@ -77,7 +79,7 @@ def test_finalize_submits_the_selected_ensemble_with_honest_estimates(parent, de
                for t in db_rows(root, "SELECT name, output_dir FROM trials WHERE sweep_id=?", (sid,))}
     labels = {r["ID"]: int(r["target"]) for r in _read(demo_dir / "train.csv")}
     runs = [f["run"] for f in final["finalists"]]
-    held, folds, test, holdout = {}, {}, {}, {}
+    held, shifted, folds, test, holdout = {}, {}, {}, {}, {}
     for t in trials:
         out = t["output_dir"]
         cfg = yaml.safe_load(Path(out, "config.yaml").read_text())
@@ -90,6 +92,9 @@ def test_finalize_submits_the_selected_ensemble_with_honest_estimates(parent, de
         assert _f1([int(r["target"]) for r in single], _probs(single).argmax(1)) == pytest.approx(summary["val_f1"])
         tta = _read(f"{out}/val_predictions.csv")
         held.setdefault(run, {}).update({r["ID"]: p for r, p in zip(tta, _probs(tta))})
+        shift = _read(f"{out}/val_shift_predictions.csv")   # the held-out fold's shifted copies, same views
+        assert [r["ID"] for r in shift] == [r["ID"] for r in tta] and not np.allclose(_probs(shift), _probs(tta))
+        shifted.setdefault(run, {}).update({r["ID"]: p for r, p in zip(shift, _probs(shift))})
         folds.setdefault(run, {}).update({r["ID"]: cfg["fold"] for r in tta})
         test.setdefault(run, []).append(_probs(_read(f"{out}/test_predictions.csv")))
         ho = _read(f"{out}/holdout_predictions.csv")
@@ -106,10 +111,16 @@ def test_finalize_submits_the_selected_ensemble_with_honest_estimates(parent, de
 
     ids = sorted(held[runs[0]])
     y = [labels[i] for i in ids]
-    singles = [_f1(y, np.array([held[r][i] for i in ids]).argmax(1)) for r in runs]
-    equal = np.mean([[held[r][i] for i in ids] for r in runs], axis=0).argmax(1)
-    assert final["oof_macro_f1_best_single"] == pytest.approx(max(singles))
-    assert final["oof_macro_f1_equal"] == pytest.approx(_f1(y, equal))
+    # val_shift on: the weights and the headline figures are on the shifted copies, the clean ones beside
+    assert final["selected_on"] == "shifted" and final["tta_choice"] is None
+    for probs, figures in ((shifted, final), (held, final["oof_clean"])):
+        singles = [_f1(y, np.array([probs[r][i] for i in ids]).argmax(1)) for r in runs]
+        equal = np.mean([[probs[r][i] for i in ids] for r in runs], axis=0).argmax(1)
+        key = "oof_macro_f1_" if figures is final else ""
+        assert figures[key + "best_single"] == pytest.approx(max(singles))
+        assert figures[key + "equal"] == pytest.approx(_f1(y, equal))
+    assert final["oof_shift"]["selected"] == pytest.approx(reported, abs=1e-6)
+    assert any(ln.startswith("  selected ensemble (nested):") and "(clean: " in ln for ln in lines)
     assert final["oof_macro_f1_selected"] == pytest.approx(reported, abs=1e-6) == final["oof_macro_f1"]
     from cvtrain.metrics import macro_f1_from_confusion
     assert macro_f1_from_confusion(final["confusion"]) == pytest.approx(reported, abs=1e-6)
@@ -139,8 +150,10 @@ def test_running_finalize_again_queues_failed_and_incomplete_folds(parent, tmp_p
     root, sid = parent
     args = ["finalize", sid, "--top", "1", "--folds", "2", "-o", str(tmp_path / "sub.csv"), "--gpus", "none",
             "--workers", "1"]
-    assert cvsweep(args, root).returncode == 0
+    first = cvsweep(args, root)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     final_id = db_rows(root, "SELECT sweep_id FROM trials WHERE params LIKE '%\"folds\": 2%' LIMIT 1")[0]["sweep_id"]
+    _views_chosen_out_of_fold(root, sid, final_id, first.stdout, tmp_path / "sub.csv")
     failed, partial = db_rows(root, "SELECT id, name, output_dir FROM trials WHERE sweep_id=? ORDER BY id",
                               (final_id,))
     os.unlink(f"{failed['output_dir']}/val_predictions.csv")
@@ -163,6 +176,26 @@ def test_running_finalize_again_queues_failed_and_incomplete_folds(parent, tmp_p
     states = db_rows(root, "SELECT state FROM trials WHERE sweep_id=?", (final_id,))
     assert {r["state"] for r in states} == {"finished"}
     assert os.path.exists(f"{failed['output_dir']}/val_predictions.csv") and len(Path(test_file).read_text().splitlines()) == len(lines)
+
+
+def _views_chosen_out_of_fold(root, sid, final_id, stdout, sub):
+    """No --tta and val_shift on: the views are chosen on the shifted out-of-fold predictions, and the
+    submission uses them (one finalist: its mean over folds of those views' softmax)."""
+    final = json.loads((root / "sweeps" / sid / "final.json").read_text())
+    choice = final["tta_choice"]
+    assert choice["scored_on"] == "shifted" and final["oof_views"] == choice["views"] and choice["views"][0] == "none"
+    assert choice["f1"] >= choice["f1_none"] and final["selected_on"] == "shifted" and final["oof_shift"]
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("tta auto: views "))
+    assert f"{choice['f1']:.4f} on the shifted out-of-fold images" in line and "slightly optimistic" in line
+    test = []
+    for t in db_rows(root, "SELECT output_dir FROM trials WHERE sweep_id=?", (final_id,)):
+        with np.load(Path(t["output_dir"], "view_predictions.npz")) as z:
+            names, test_ids = list(z["views"]), list(z["test_ids"])
+            test.append(z["test"][[names.index(v) for v in choice["views"]]].mean(0))
+            assert len(z["val_shift"]) == len(names) == 6
+    rows = _read(sub)
+    assert [r["ID"] for r in rows] == test_ids
+    assert [int(r["target"]) for r in rows] == np.mean(test, axis=0).argmax(1).tolist()
 
 
 def test_a_killed_fold_worker_is_requeued_and_the_ensemble_still_completes(tmp_path, demo_dir, cache_dir):

@@ -91,8 +91,9 @@ HELP = {
     "keep_checkpoints": "what an ended run keeps: best (only best.pt, as weights + config for predict: a third of "
                         "an AdamW checkpoint) | last (last.pt, whole training state) | all | none; a preempted run "
                         "keeps last.pt to resume",
-    "save_predictions": "at the end, write the final epoch's softmax on the validation images (val_predictions.csv) "
-                        "and on the test set with the tta views (test_predictions.csv); cvsweep finalize sets it",
+    "save_predictions": "at the end, write the final epoch's softmax on the validation images (val_predictions.csv; "
+                        "their val_shift copies: val_shift_predictions.csv) and on the test set with the tta views "
+                        "(test_predictions.csv), every view's in view_predictions.npz; cvsweep finalize sets it",
     "base_url": 'Self-hosted W&B Server: its URL (trainer, agents, API and `wandb sweep` all use it; `wandb login '
                 '--host=URL` stores its key in ~/.netrc under host:port). Never logged, never set by a sweep.',
     "augment_on": 'where augmentation runs: device (batched on the training device, the GPU; default) | cpu (per '

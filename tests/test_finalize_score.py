@@ -226,3 +226,12 @@ def test_auto_is_the_default_when_every_finalist_validates_on_shifted_copies():
     off = on[:1] + [Finalist(3, "c", None, 0.3, {"val_shift": {}})]
     assert auto_views(on, None) and not auto_views(off, None) and auto_views(off, "auto")
     assert not auto_views(on, ["none", "rot90"])
+
+
+def test_finalize_takes_tta_auto_and_names_it_when_the_views_are_wrong(tmp_path):
+    from sweep_helpers import cvsweep
+
+    auto = cvsweep(["finalize", "nosuch", "--tta", "auto"], tmp_path / "state")
+    assert auto.returncode == 1 and "--tta" not in auto.stderr and "no local sweep 'nosuch'" in auto.stderr
+    bad = cvsweep(["finalize", "nosuch", "--tta", "none,auto"], tmp_path / "state")
+    assert bad.returncode == 2 and "--tta" in bad.stderr and "or auto" in bad.stderr

@@ -13,6 +13,11 @@ to what inference needs (weights, config, the ``inference`` facts: a third of an
 checkpoint); ``last`` keeps only ``last.pt`` (whole state: training can be extended);
 ``all`` keeps both as they are; ``none`` keeps neither. A preempted run keeps both
 (it resumes from ``last.pt``).
+
+Writes do not stop training (:class:`Writer`): an epoch's checkpoint is a CPU copy of
+the state, taken between epochs, that a background thread serialises while the next
+epoch trains; one write at a time (the next epoch's waits for the previous), each to a
+temporary file atomically renamed, and the run waits for the last one before it ends.
 """
 from __future__ import annotations
 
@@ -20,9 +25,10 @@ import os
 import pickle
 import random
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -73,12 +79,17 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
     ``info``: :func:`inference_info`. ``weights_only``: only what inference reads (see :func:`slim`),
     for a run that ends here.
     """
+    _write(path, contents(model, optimizer, scheduler, scaler, state, cfg, info, weights_only))
+
+
+def contents(model, optimizer, scheduler, scaler, state: TrainState, cfg, info: dict,
+             weights_only: bool = False) -> dict:
+    """What a checkpoint holds (its tensors are the live ones: :func:`snapshot` before writing later)."""
     if weights_only:
-        _write(path, {"model": model.state_dict(), "config": cfg.to_flat_dict(), "inference": dict(info),
-                      "format": 1, "state": _inference_state(state.__dict__), "weights_only": True,
-                      "data_config": model_data_config(model)})
-        return
-    obj = {
+        return {"model": model.state_dict(), "config": cfg.to_flat_dict(), "inference": dict(info),
+                "format": 1, "state": _inference_state(state.__dict__), "weights_only": True,
+                "data_config": model_data_config(model)}
+    return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -90,7 +101,52 @@ def save(path: Path, model, optimizer, scheduler, scaler, state: TrainState, cfg
         "format": 1,
         "data_config": model_data_config(model),  # the normalisation inference must use (plain floats)
     }
-    _write(path, obj)
+
+
+def snapshot(obj):
+    """A copy of ``obj`` that training cannot change: tensors copied to the CPU, containers rebuilt
+    (the history list grows, the optimizer's moments are updated in place)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        return t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class Writer:
+    """Writes checkpoints on one background thread, one at a time.
+
+    :meth:`submit` waits for the write in flight, then starts the next; :meth:`wait` returns when
+    none is in flight and raises the error of a write that failed (a full disk fails the run at its
+    next epoch, not silently). The thread is not a daemon: an interpreter that exits lets the write
+    finish (and the atomic rename leaves the previous file whole if the process is killed).
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="cvtrain-checkpoint")
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # noqa: BLE001 - raised in the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def _write(path: Path, obj: dict) -> None:
@@ -103,24 +159,36 @@ def _inference_state(state: dict) -> dict:
     return {k: v for k, v in state.items() if k in ("epoch", "global_step", "best_val_f1", "best_epoch")}
 
 
-def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args, best_weights_only: bool = False) -> None:
+def save_epoch(ckpt_dir: Path, improved: bool, save_last: bool, *args, best_weights_only: bool = False,
+               writer: Writer | None = None) -> None:
     """last.pt every epoch, best.pt when the metric improved: serialised once per epoch.
 
     best.pt becomes a hard link to the new last.pt (a copy where links fail); the next
     epoch's atomic replace of last.pt leaves best.pt's inode untouched. Without last.pt
     (``save_last`` False), best.pt is written alone, as weights only when ``best_weights_only``.
+    With a ``writer``, the state is copied now and written on its thread.
     """
     if not (improved or save_last):
         return
     first = ckpt_dir / ("last.pt" if save_last else "best.pt")
-    save(first, *args, weights_only=best_weights_only and not save_last)
-    if improved and save_last:
-        tmp = ckpt_dir / f"best.pt.tmp{os.getpid()}"
-        try:
-            os.link(first, tmp)
-        except OSError:
-            shutil.copyfile(first, tmp)
-        os.replace(tmp, ckpt_dir / "best.pt")
+    obj = contents(*args, weights_only=best_weights_only and not save_last)
+
+    def write(obj: dict) -> None:
+        _write(first, obj)
+        if improved and save_last:
+            tmp = ckpt_dir / f"best.pt.tmp{os.getpid()}"
+            try:
+                os.link(first, tmp)
+            except OSError:
+                shutil.copyfile(first, tmp)
+            os.replace(tmp, ckpt_dir / "best.pt")
+
+    if writer is None:
+        write(obj)
+        return
+    writer.wait()  # the previous epoch's write ends before this one's copy is taken (memory: one copy)
+    copy = snapshot(obj)
+    writer.submit(lambda: write(copy))
 
 
 #: What inference (predict, the leaderboard's best trial) reads from a checkpoint.

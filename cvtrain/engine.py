@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -142,6 +142,7 @@ class Session:
     monitor: Optional[SystemMonitor] = None
     shifted_val: Optional[valshift.ShiftedVal] = None   # val_shift's copies of the validation images
     val_probs: Optional[np.ndarray] = None   # the last epoch's softmax on the validation images
+    writer: ckpt.Writer = field(default_factory=ckpt.Writer)   # writes each epoch's checkpoint while training goes on
 
     @property
     def log_fn(self):
@@ -235,9 +236,15 @@ def _run_extra(s: Session) -> dict:
 
 
 def _fit(s: Session, reporter: Reporter | None, stop_event) -> Outcome:
-    """Epochs from the resumed one to the last, unless the reporter or ``stop_event`` ends them.
+    """Epochs from the resumed one to the last, unless the reporter or ``stop_event`` ends them; the
+    last checkpoint written (its write's error, if any, fails the run) before the run ends."""
+    outcome = _epochs(s, reporter, stop_event)
+    s.writer.wait()
+    return outcome
 
-    Each epoch is reported before it is saved: a worker that lost the trial (the reporter
+
+def _epochs(s: Session, reporter: Reporter | None, stop_event) -> Outcome:
+    """Each epoch is reported before it is saved: a worker that lost the trial (the reporter
     answers "lost", or ``stop_event`` says so) writes nothing more to the trial's outputs.
     """
     e = s.cfg.experiment
@@ -311,7 +318,7 @@ def _save_epoch(s: Session, metrics: dict, ending: bool) -> None:
     ckpt.save_epoch(s.ckpt_dir, st.best_epoch == epoch and not (ending and keep == "none"), save_last, s.model,
                     s.optimizer, s.scheduler, s.scaler, st, s.cfg,
                     ckpt.inference_info(s.num_classes, s.data.index.class_names, s.cfg),
-                    best_weights_only=ending and keep == "best")
+                    best_weights_only=ending and keep == "best", writer=s.writer)
     if s.log_fn is not None:
         s.log_fn(metrics)
     log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs)", epoch, e.epochs,

@@ -54,6 +54,10 @@ def end_failed(s: Session, exc: BaseException, held: Callable[[], bool] = lambda
     """The run's own error: summary.json and the W&B run say failed, with the reason (unless another
     worker holds the trial now: its outputs are that worker's)."""
     reason = f"{type(exc).__name__}: {exc}"
+    try:
+        s.writer.wait()  # the checkpoint in flight lands (a resumed trial reads it) before anything is tidied
+    except Exception as write_exc:  # noqa: BLE001 - the run's own error is the one reported
+        log.warning("the last checkpoint write failed too: %s", write_exc)
     summary = _summary(s.state, s.stats, "failed", reason, s.monitor.stop())
     if not held():
         finish_run(s.run, 1)

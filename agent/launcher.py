@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 
 from cvtrain.gpus import Gpu, Visible, nvml_gpus, nvml_or_none
+
+from . import cores
 
 MAX_RESTARTS = 5
 MAX_LOADER_WORKERS = 8  # more rarely helps with the decoded-image cache, and each costs memory
@@ -236,13 +240,33 @@ class Launcher:
         self.grace = grace
         self.echo = echo
         self._signal: int | None = None
+        self._grants: str | None = None  # a folder of grant files (agent.cores), while run() runs
 
     def _start(self, s: WorkerSpec) -> None:
         # Pinned in the child between fork and exec: the worker starts on its share, so every thread
         # (BLAS's, started at numpy's import) and DataLoader process it makes inherits the mask. The
         # supervisor runs no threads of its own that a fork could catch holding a lock.
-        s.proc = subprocess.Popen(s.cmd, env=s.env, preexec_fn=_pin_to(s.cpus) if s.pin and s.cpus else None)
+        env = {**s.env, cores.ENV: self._grant_path(s)} if self._takes_cores(s) else s.env
+        s.proc = subprocess.Popen(s.cmd, env=env, preexec_fn=_pin_to(s.cpus) if s.pin and s.cpus else None)
         s.exit_code = None
+
+    def _takes_cores(self, s: WorkerSpec) -> bool:
+        return self._grants is not None and s.pin and bool(s.cpus) and not s.gpus
+
+    def _grant_path(self, s: WorkerSpec) -> str:
+        return os.path.join(self._grants, f"w{s.slot}.cpus")
+
+    def _hand_on(self, done: WorkerSpec) -> None:
+        """A pinned CPU worker ended with nothing left to do: its cores go to the running CPU worker with
+        the fewest (agent.cores), so the sweep's last trials do not train on half the machine."""
+        takers = [s for s in self.specs if s.proc is not None and s.proc.poll() is None and self._takes_cores(s)]
+        if not takers or not self._takes_cores(done):
+            return
+        to = min(takers, key=lambda s: len(s.cpus))
+        to.cpus, freed, done.cpus = sorted(to.cpus + done.cpus), done.cpus, []
+        cores.write_grant(self._grant_path(to), to.cpus)
+        self.echo(f"worker w{done.slot} finished: its cpus {cpu_ranges(freed)} go to w{to.slot} "
+                  f"(now cpus {cpu_ranges(to.cpus)})")
 
     def _on_signal(self, signum, frame) -> None:
         self._signal = signum
@@ -252,6 +276,7 @@ class Launcher:
 
     def run(self) -> int:
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._grants = tempfile.mkdtemp(prefix="cvsweep-cores-")
         try:
             for s in self.specs:
                 self._start(s)
@@ -266,6 +291,8 @@ class Launcher:
                         alive += 1
                         continue
                     s.exit_code, s.proc = code, None
+                    if code == 0 and self._signal is None:
+                        self._hand_on(s)
                     if code != 0 and self._signal is None:
                         if s.restarts < self.max_restarts:
                             s.restarts += 1
@@ -287,6 +314,8 @@ class Launcher:
         finally:
             for sig, h in old.items():
                 signal.signal(sig, h)
+            shutil.rmtree(self._grants, ignore_errors=True)
+            self._grants = None
         if self.progress:
             self.progress()
         if self._signal is not None:

@@ -28,6 +28,7 @@ from cvtrain.config import ConfigError
 from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 
 from .controller import LocalController
+from .cores import CoreGrant
 from .settings import Settings, SettingsError, load_settings, unset_empty_wandb_vars
 from .store import LeaseLost, SQLiteStore, Trial, seed_from_id
 from .trial_config import local_trial_config
@@ -84,13 +85,15 @@ def _heartbeat(ctl: LocalController, trial: Trial, stop: StopRequest, done: thre
             return
 
 
-def _owner_writes(ctl: LocalController, trial: Trial, request: StopRequest):
+def _owner_writes(ctl: LocalController, trial: Trial, request: StopRequest, grant: CoreGrant | None = None):
     """The trainer's epoch reporter (with ``holds``, asked between the steps that end the trial) and the
     function that records the trial's end; each names the claim's owner, and a refusal stops the trial
     as lost."""
     owner = trial.owner
 
     def reporter(epoch: int, metrics: dict):
+        if grant is not None:  # between epochs: cores a finished worker handed on (agent.cores)
+            grant.apply()
         try:
             return ctl.report(trial.id, epoch, metrics, owner=owner)
         except LeaseLost as exc:
@@ -124,7 +127,7 @@ def _owner_writes(ctl: LocalController, trial: Trial, request: StopRequest):
 
 
 def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: WorkerStop | threading.Event,
-              environ=None) -> str:
+              environ=None, grant: CoreGrant | None = None) -> str:
     """Train one claimed trial; record how it ended. Returns the state (``lost``: recorded by its new owner).
 
     Every write names the claim's owner: a refused report stops training as lost; a lost trial's
@@ -137,7 +140,9 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
     done = threading.Event()
     hb = threading.Thread(target=_heartbeat, args=(ctl, trial, request, done), name="cvsweep-heartbeat", daemon=True)
     hb.start()
-    reporter, record = _owner_writes(ctl, trial, request)
+    reporter, record = _owner_writes(ctl, trial, request, grant)
+    if grant is not None:
+        grant.apply()
     try:
         sweep_seed = ctl.store.get_sweep(trial.sweep_id).seed
         cfg = local_trial_config(trial, environ, env_file=None if environ is not None else ".env",
@@ -166,7 +171,7 @@ def local_worker_loop(sweep_id: str, worker: str, count: int | None, stop_event:
     stops = stop_event if isinstance(stop_event, WorkerStop) else WorkerStop(stop_event)
     store = SQLiteStore(root or settings.state_dir, create=False)
     ctl = LocalController(store, lease_seconds=settings.lease_seconds)
-    done = 0
+    done, grant = 0, CoreGrant.from_env()
     try:
         while not stops.is_set() and (count is None or done < count):
             claim = ctl.claim(sweep_id, worker)
@@ -178,7 +183,7 @@ def local_worker_loop(sweep_id: str, worker: str, count: int | None, stop_event:
                 continue
             log.info("trial %s (%s, attempt %d): %s", claim.trial.name, claim.reason, claim.trial.attempt,
                      claim.trial.params)
-            state = run_trial(ctl, claim.trial, worker, stops, environ=settings.env)
+            state = run_trial(ctl, claim.trial, worker, stops, environ=settings.env, grant=grant)
             if state != "failed":  # a failure was logged with its reason already
                 log.info("trial %s %s", claim.trial.name, state)
             done += 1

@@ -24,7 +24,7 @@ from agent.launcher import (
     plan_line,
     worker_env,
 )
-from cvtrain.gpus import Visible, visible_gpus
+from cvtrain.gpus import Gpu, Visible, visible_gpus
 
 
 @pytest.fixture
@@ -275,3 +275,46 @@ def test_launcher_gives_up_on_a_worker_that_keeps_dying():
     messages = []
     assert Launcher([spec], poll=0.05, max_restarts=1, echo=messages.append).run() == 1
     assert "giving up" in messages[-1]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a hand-over needs two cores")
+def test_a_finished_cpu_workers_cores_go_to_the_worker_still_training(tmp_path):
+    """w0 finds no more work and exits; the launcher hands its core to w1, which takes it between epochs
+    (agent.cores): every thread of w1 widened, torch on two threads."""
+    a, b = sorted(os.sched_getaffinity(0))[:2]
+    out = tmp_path / "w1"
+    taker = (
+        "import os, sys, threading, time, torch; from agent.cores import CoreGrant\n"
+        "torch.set_num_threads(1); g = CoreGrant.from_env(); ev = threading.Event()\n"
+        "t = threading.Thread(target=ev.wait); t.start()  # a thread started before the hand-over\n"
+        "deadline = time.monotonic() + 60\n"
+        "while g.apply() is None:  # the launcher writes the grant once w0 has exited\n"
+        "    assert time.monotonic() < deadline, 'no grant'; time.sleep(0.02)\n"
+        "other = sorted(os.sched_getaffinity(t.native_id)); ev.set(); t.join()\n"
+        f"open({str(out)!r}, 'w').write(f'{{sorted(os.sched_getaffinity(0))}} {{other}} {{torch.get_num_threads()}}')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    specs = [WorkerSpec(slot=0, gpus=[], cmd=[sys.executable, "-c", "pass"], env=env, cpus=[a], pin=True),
+             WorkerSpec(slot=1, gpus=[], cmd=[sys.executable, "-c", taker], env=env, cpus=[b], pin=True)]
+    messages = []
+    assert Launcher(specs, poll=0.05, echo=messages.append).run() == 0
+    assert out.read_text() == f"{[a, b]} {[a, b]} 2"
+    assert any(f"w0 finished: its cpus {a} go to w1" in m for m in messages)
+
+
+def test_a_cpu_workers_cores_go_to_no_gpu_worker(tmp_path):
+    """A GPU worker's cores feed its loaders: it is never given more, even as the only one running."""
+    gpu = Gpu(index=0, uuid="GPU-x", name="fake", memory_total=1, token="0")
+    specs = [WorkerSpec(slot=0, gpus=[], cmd=[], env={}, cpus=[0], pin=True),
+             WorkerSpec(slot=1, gpus=[gpu], cmd=[], env={}, cpus=[1], pin=True),
+             WorkerSpec(slot=2, gpus=[], cmd=[], env={}, cpus=[2, 3], pin=True)]
+    launcher = Launcher(specs, echo=lambda m: None)
+    launcher._grants = str(tmp_path)
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as live:
+        specs[1].proc = live
+        launcher._hand_on(specs[0])
+        assert specs[1].cpus == [1] and specs[0].cpus == [0] and not list(tmp_path.iterdir())
+        specs[2].proc = live
+        launcher._hand_on(specs[0])
+        live.stdin.close()
+    assert specs[2].cpus == [0, 2, 3] and specs[0].cpus == [] and specs[1].cpus == [1]
+    assert (tmp_path / "w2.cpus").read_text() == "0,2,3\n"

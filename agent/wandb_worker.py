@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 from cvtrain.stop import EXIT_PREEMPTED, StopRequest
 from cvtrain.tracking import failed_before_run, record_failed_run
 
+from .cores import CoreGrant
 from .trial_config import wandb_trial_config
 from .wandb_backend import SweepPath
 
@@ -34,6 +35,7 @@ class WandbWorker:
         self.preempted: str | None = None
         self.last_result = None          # the last trial's TrainResult, or its error (TrialFailed)
         self._lock = threading.Lock()
+        self.grant = CoreGrant.from_env()  # cores a finished worker hands on, taken at each trial's start
 
     def preempt(self, reason: str) -> None:
         with self._lock:
@@ -45,6 +47,7 @@ class WandbWorker:
         try:
             # wandb.agent wrote this trial's parameters to WANDB_SWEEP_PARAM_PATH: the sweep layer reads them.
             cfg = wandb_trial_config(self.environ)
+            self.grant.apply()
             if self.train_fn is None:
                 from cvtrain.engine import train  # lazy: torch loads in the trial's thread, not at import
             else:

@@ -42,8 +42,8 @@ def sweep_file(work: Path, name: str, data: Path, cache: Path, n: int, epochs: i
     return f
 
 
-def create(f: Path, state: Path) -> str:
-    r = subprocess.run([PY, "-m", "agent", "create", str(f), "--backend", "local"], env=env_for(state),
+def create(f: Path, state: Path, *extra: str) -> str:
+    r = subprocess.run([PY, "-m", "agent", "create", str(f), "--backend", "local", *extra], env=env_for(state),
                        capture_output=True, text=True, check=True)
     return r.stdout.strip().splitlines()[-1]
 

@@ -23,7 +23,7 @@ def bench_sweep(work: Path) -> None:
     f.write_text(yaml.safe_dump(cfg))
     state = work / "state-demo"
     env = env_for(state, XDG_CACHE_HOME=str(work / "xdg-cache"))  # a cold decoded-image cache, as a first demo has
-    sid = create(f, state)
+    sid = create(f, state, "--seed", "0")  # the same suggestions each time, as far as results repeat
     workers = 2
     t0 = time.time()
     subprocess.run([PY, "-m", "agent", "agent", sid, "--gpus", "none", "--workers", str(workers)], env=env,

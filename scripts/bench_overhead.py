@@ -63,7 +63,7 @@ def _bare(bundle, norm, epochs: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench_overhead(work: Path, reps: int = 4, epochs: int = 3) -> None:
+def bench_overhead(work: Path, reps: int = 6, epochs: int = 3) -> None:
     """Whole instrumented trials (setup excluded) vs a bare loop: see scripts/bench.py's docstring."""
     import torch
 

@@ -75,7 +75,8 @@ def test_wandb_agent_runs_cvtrain_from_our_sweep_file_and_a_stop_ends_it_stopped
     sweep_cfg = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
     sweep_id = server.add_sweep(sweep_cfg, project="docs")
     params = tiny(demo_dir, cache_dir, learning_rate=1e-4, amp=False, label_smoothing=0.1,
-                  augment={"rotate": 0.5, "jpeg": 0.0}, mixup={"alpha": 0.2})
+                  augment={"rotate": 0.5, "jpeg": 0.0}, mixup={"alpha": 0.2},
+                  val_shift={"rotate_any": 0.5, "brightness": 1.27, "blur": 0.83})
     run_id = server.queue_run(sweep_id, params)
     agent = subprocess.Popen(agent_cli(f"{server.entity}/docs/{sweep_id}", poll_interval=1), cwd=tmp_path,
                              env=trainer_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -107,6 +108,11 @@ def test_wandb_agent_runs_cvtrain_from_our_sweep_file_and_a_stop_ends_it_stopped
     assert saved["learning_rate"] == 1e-4 and saved["amp"] is False and saved["label_smoothing"] == 0.1
     assert saved["augment"]["rotate"] == 0.5 and saved["augment"]["jpeg"] == 0.0 and saved["mixup"]["alpha"] == 0.2
     assert record.params["learning_rate"] == 1e-4 and record.params["mixup"]["alpha"] == 0.2
+    # demo.yaml's metric, best_val_shift_f1, reaches W&B with every epoch (W&B's hyperband reads it there)
+    assert sweep_cfg["metric"]["name"] == "best_val_shift_f1" and saved["val_shift"]["rotate_any"] == 0.5
+    epochs = [row for row in record.history if "best_val_f1" in row]
+    assert epochs and all(math.isfinite(row["best_val_shift_f1"]) and "val_shift_f1" in row for row in epochs)
+    assert record.summary["best_val_shift_f1"] == summary["best_val_shift_f1"]
     # Within 5 s of the stop command: the agent hears it on its next heartbeat (poll interval 1 s
     # here), SIGTERMs the trainer, which leaves its batch loop at once (32 px batches take
     # milliseconds), writes the confusion matrix and per-class report, uploads best.pt and finishes.

@@ -5,7 +5,7 @@ runs out of trials while another still trains its last: without a hand-over, hal
 machine idles through that tail. When a pinned CPU worker exits with nothing left to do,
 the launcher adds its cores to a running CPU worker's share and writes the new share to
 that worker's grant file (``CVSWEEP_CPU_GRANT``, written atomically). The worker reads it
-between epochs (a stat per epoch), widens the affinity of all its threads and sets torch's
+between epochs (one small read per epoch), widens the affinity of all its threads and sets torch's
 thread count to its cores. A worker on a GPU keeps its share: its cores feed its loaders.
 
 Torch-free: the launcher imports this module; torch is imported only where threads are set.
@@ -34,46 +34,43 @@ class CoreGrant:
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path else None
-        self._seen: float | None = None
 
     @classmethod
     def from_env(cls, environ=os.environ) -> CoreGrant:
         return cls(environ.get(ENV) or None)
 
-    def pending(self) -> set[int] | None:
-        """The share written since the last :meth:`apply`, or None."""
+    def granted(self) -> set[int] | None:
+        """The share the launcher last wrote, or None (no grant file: nothing handed on yet)."""
         if self.path is None:
             return None
         try:
-            mtime = self.path.stat().st_mtime_ns
-            if mtime == self._seen:
-                return None
-            cpus = {int(c) for c in self.path.read_text().strip().split(",") if c}
+            return {int(c) for c in self.path.read_text().strip().split(",") if c} or None
         except (OSError, ValueError):
             return None
-        self._seen = mtime
-        return cpus or None
 
     def apply(self) -> set[int] | None:
-        """Widen every thread of this process to the new share and use as many torch threads; the share or None."""
-        cpus = self.pending()
-        if cpus is None or cpus == os.sched_getaffinity(0):
+        """Widen every thread of this process to the granted share and use as many torch threads, when
+        not done yet; the share, or None. Never raises: a hand-over must not fail a trial."""
+        cpus = self.granted()
+        if cpus is None:
             return None
         try:
+            import torch  # lazy: the launcher imports this module torch-free; a worker has torch loaded
+
+            if cpus == os.sched_getaffinity(0) and torch.get_num_threads() == len(cpus):
+                return None
             os.sched_setaffinity(0, cpus)
-        except OSError as exc:  # a core outside this job's cgroup, say: keep training where it is
+            for tid in os.listdir("/proc/self/task"):  # sched_setaffinity(0) moved only the calling thread
+                try:
+                    os.sched_setaffinity(int(tid), cpus)
+                except OSError:  # a thread that ended meanwhile
+                    pass
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                os.environ[var] = str(len(cpus))
+            torch.set_num_threads(len(cpus))
+        except Exception as exc:  # noqa: BLE001 - a core outside this job's cgroup, say: train where it is
             log.warning("could not take the cores %s handed on: %s", sorted(cpus), exc)
             return None
-        for tid in os.listdir("/proc/self/task"):  # sched_setaffinity(0) moved only the calling thread
-            try:
-                os.sched_setaffinity(int(tid), cpus)
-            except OSError:  # a thread that ended meanwhile
-                pass
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(len(cpus))
-        import torch  # lazy: the launcher imports this module torch-free
-
-        torch.set_num_threads(len(cpus))
         log.info("cores handed on by a worker that finished: now on cpus %s, %d threads",
                  ",".join(map(str, sorted(cpus))), len(cpus))
         return cpus

@@ -79,13 +79,16 @@ def read_views(path: Path, cfg: dict) -> dict[str, np.ndarray]:
     except (OSError, ValueError, EOFError) as exc:
         raise OutputsError(f"{path}: {exc}") from None
     need = ["views", "val_ids", "val_y", "val"] + (["test_ids", "test"] if expected_test_rows(cfg) is not None else [])
+    need += ["holdout_ids", "holdout_y", "holdout"] if float(cfg.get("holdout") or 0) > 0 else []
     lacking = [k for k in need if k not in got]
     if lacking:
         raise OutputsError(f"{path}: no {', '.join(lacking)} (a file from an older trainer?)")
     n_views = len(got["views"])
-    for k in ("val", "val_shift", "test", "holdout"):
-        if k in got and (got[k].ndim != 3 or len(got[k]) != n_views or not np.isfinite(got[k]).all()):
-            raise OutputsError(f"{path}: {k} is not (views, images, classes) of finite probabilities")
+    rows = {"val": "val_ids", "val_shift": "val_ids", "test": "test_ids", "holdout": "holdout_ids"}
+    for k, ids in rows.items():
+        if k in got and (got[k].ndim != 3 or len(got[k]) != n_views or got[k].shape[1] != len(got[ids])
+                         or not np.isfinite(got[k]).all()):
+            raise OutputsError(f"{path}: {k} is not (views, {len(got[ids])} images, classes) of finite probabilities")
     return got
 
 

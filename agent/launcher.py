@@ -161,6 +161,7 @@ def worker_env(base: Mapping[str, str], gpus: list[Gpu], cpus: list[int], state_
     # write-back, say): a worker inheriting it would share that service, and a killed worker's run id
     # would stay "in use" there, so its trial could never resume. Each worker starts its own.
     env.pop("WANDB_SERVICE", None)
+    env.pop(cores.ENV, None)  # a grant file is this launcher's to give (Launcher._start), not inherited
     env["CUDA_VISIBLE_DEVICES"] = ",".join(g.token for g in gpus)  # "" hides every GPU from a CPU worker
     # Indices mean PCI bus order, as NVML (and so the system metrics) number GPUs; CUDA's default,
     # fastest first, would put another card under the same index on a machine with mixed GPUs.
@@ -246,7 +247,10 @@ class Launcher:
         # Pinned in the child between fork and exec: the worker starts on its share, so every thread
         # (BLAS's, started at numpy's import) and DataLoader process it makes inherits the mask. The
         # supervisor runs no threads of its own that a fork could catch holding a lock.
-        env = {**s.env, cores.ENV: self._grant_path(s)} if self._takes_cores(s) else s.env
+        env = s.env
+        if self._takes_cores(s):  # a restart after a hand-over starts on the widened share, with its threads
+            env = {**s.env, cores.ENV: self._grant_path(s),
+                   **{v: str(len(s.cpus)) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
         s.proc = subprocess.Popen(s.cmd, env=env, preexec_fn=_pin_to(s.cpus) if s.pin and s.cpus else None)
         s.exit_code = None
 
@@ -263,8 +267,12 @@ class Launcher:
         if not takers or not self._takes_cores(done):
             return
         to = min(takers, key=lambda s: len(s.cpus))
+        try:
+            cores.write_grant(self._grant_path(to), sorted(to.cpus + done.cpus))
+        except OSError as exc:  # the supervisor goes on: the workers keep the cores they have
+            self.echo(f"could not hand worker w{done.slot}'s cores on: {exc}")
+            return
         to.cpus, freed, done.cpus = sorted(to.cpus + done.cpus), done.cpus, []
-        cores.write_grant(self._grant_path(to), to.cpus)
         self.echo(f"worker w{done.slot} finished: its cpus {cpu_ranges(freed)} go to w{to.slot} "
                   f"(now cpus {cpu_ranges(to.cpus)})")
 

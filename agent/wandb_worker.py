@@ -3,6 +3,7 @@ backend's worker is :mod:`agent.worker`); both build a trial's config with
 :func:`agent.trial_config.trial_config`."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -35,7 +36,8 @@ class WandbWorker:
         self.preempted: str | None = None
         self.last_result = None          # the last trial's TrainResult, or its error (TrialFailed)
         self._lock = threading.Lock()
-        self.grant = CoreGrant.from_env()  # cores a finished worker hands on, taken at each trial's start
+        # Cores a finished worker hands on (agent.cores), taken between epochs.
+        self.grant = CoreGrant.from_env(os.environ if environ is None else environ)
 
     def preempt(self, reason: str) -> None:
         with self._lock:
@@ -47,12 +49,12 @@ class WandbWorker:
         try:
             # wandb.agent wrote this trial's parameters to WANDB_SWEEP_PARAM_PATH: the sweep layer reads them.
             cfg = wandb_trial_config(self.environ)
-            self.grant.apply()
             if self.train_fn is None:
                 from cvtrain.engine import train  # lazy: torch loads in the trial's thread, not at import
+
+                box["result"] = train(cfg, self._between_epochs, resume="auto", stop_event=stop)
             else:
-                train = self.train_fn
-            box["result"] = train(cfg, resume="auto", stop_event=stop)
+                box["result"] = self.train_fn(cfg, resume="auto", stop_event=stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the agent's thread, which re-raises it
             # Only its words go on: wandb.agent keeps what the trial raises for its whole life, and this
             # exception's traceback holds the trial's frames (model, optimizer, loaders and their workers).
@@ -61,6 +63,10 @@ class WandbWorker:
             traceback.clear_frames(exc.__traceback__)
         finally:
             done.set()
+
+    def _between_epochs(self, epoch: int, metrics: dict) -> None:
+        """The trainer's reporter under W&B (the sweep hears the run's own logs): only takes handed-on cores."""
+        self.grant.apply()
 
     def trial(self) -> None:
         """The function ``wandb.agent`` calls; keep it small: wandb's exception may land on any line.

@@ -141,9 +141,9 @@ def run_trial(ctl: LocalController, trial: Trial, worker: str, stop_event: Worke
     hb = threading.Thread(target=_heartbeat, args=(ctl, trial, request, done), name="cvsweep-heartbeat", daemon=True)
     hb.start()
     reporter, record = _owner_writes(ctl, trial, request, grant)
-    if grant is not None:
-        grant.apply()
     try:
+        if grant is not None:
+            grant.apply()
         sweep_seed = ctl.store.get_sweep(trial.sweep_id).seed
         cfg = local_trial_config(trial, environ, env_file=None if environ is not None else ".env",
                                  split_seed=sweep_seed if sweep_seed is not None else seed_from_id(trial.sweep_id))

@@ -131,7 +131,8 @@ class Writer:
 
     def submit(self, job: Callable[[], None]) -> None:
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(job,), name="cvtrain-checkpoint")
+        # daemon=False explicitly: a thread inherits its creator's flag, and the W&B worker trains in a daemon.
+        self._thread = threading.Thread(target=self._run, args=(job,), name="cvtrain-checkpoint", daemon=False)
         self._thread.start()
 
     def _run(self, job: Callable[[], None]) -> None:

@@ -235,3 +235,20 @@ def test_finalize_takes_tta_auto_and_names_it_when_the_views_are_wrong(tmp_path)
     assert auto.returncode == 1 and "--tta" not in auto.stderr and "no local sweep 'nosuch'" in auto.stderr
     bad = cvsweep(["finalize", "nosuch", "--tta", "none,auto"], tmp_path / "state")
     assert bad.returncode == 2 and "--tta" in bad.stderr and "or auto" in bad.stderr
+
+
+def test_a_view_file_whose_rows_do_not_match_its_ids_is_incomplete_not_a_crash(tmp_path):
+    """A damaged or foreign view_predictions.npz: the fold trial is queued again (OutputsError), finalize
+    never stacks arrays of the wrong length."""
+    from agent.fold_outputs import OutputsError, read_views
+
+    views = np.array(["none", "rot90"])
+    whole = dict(views=views, val_ids=np.array(["a", "b", "c"]), val_y=np.array([0, 1, 0]),
+                 val=np.full((2, 3, 2), 0.5))
+    np.savez(tmp_path / "ok.npz", **whole)
+    assert read_views(tmp_path / "ok.npz", {})["val"].shape == (2, 3, 2)
+    np.savez(tmp_path / "short.npz", **{**whole, "val": np.full((2, 2, 2), 0.5)})
+    with pytest.raises(OutputsError, match="val is not"):
+        read_views(tmp_path / "short.npz", {})
+    with pytest.raises(OutputsError, match="no holdout_ids, holdout_y, holdout"):
+        read_views(tmp_path / "ok.npz", {"holdout": 0.1})

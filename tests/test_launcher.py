@@ -318,3 +318,20 @@ def test_a_cpu_workers_cores_go_to_no_gpu_worker(tmp_path):
         live.stdin.close()
     assert specs[2].cpus == [0, 2, 3] and specs[0].cpus == [] and specs[1].cpus == [1]
     assert (tmp_path / "w2.cpus").read_text() == "0,2,3\n"
+
+
+def test_a_worker_restarted_after_a_hand_over_starts_on_its_widened_share_with_as_many_threads(tmp_path, monkeypatch):
+    started = []
+
+    class Recorded:
+        def __init__(self, cmd, env=None, preexec_fn=None):
+            started.append(env)
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    spec = WorkerSpec(slot=1, gpus=[], cmd=["worker"], env={"OMP_NUM_THREADS": "1", "CVSWEEP_CPU_GRANT": "x"},
+                      cpus=[0, 1], pin=True)
+    launcher = Launcher([spec], echo=lambda m: None)
+    launcher._grants = str(tmp_path)
+    launcher._start(spec)
+    env = started[-1]
+    assert env["OMP_NUM_THREADS"] == "2" and env["CVSWEEP_CPU_GRANT"] == str(tmp_path / "w1.cpus")
+    assert "CVSWEEP_CPU_GRANT" not in worker_env({"CVSWEEP_CPU_GRANT": "/elsewhere"}, [], cpus=[0], state_dir="/s")

@@ -170,8 +170,10 @@ def _echo_result(result, echo: Echo) -> None:
     echo(f"  one view (none), clean: best single {sv['best_single']:.4f}, equal {sv['equal']:.4f}, "
          f"selected {sv['selected']:.4f}")
     if result.holdout:
+        shift = result.holdout.get("macro_f1_shift")
         echo(f"holdout macro-F1 of the submitted ensemble: {result.holdout['macro_f1']:.4f} "
-             f"({result.holdout['n_images']} images no trial trained or validated on; scored once)")
+             + (f"(its shifted copies: {shift:.4f}) " if shift is not None else "")
+             + f"({result.holdout['n_images']} images no trial trained or validated on; scored once)")
 
 
 # ---------------------------------------------------------------------------

@@ -273,6 +273,9 @@ def score(data, finalists: list[Finalist], final: Sweep, folds: int, n_boot: int
     if data.holdout is not None:
         pred = E.combine(data.holdout, weights).argmax(1)
         result.holdout = {"n_images": len(data.holdout_ids), "macro_f1": E.macro_f1(data.holdout_y, pred, c)}
+        if data.holdout_shift is not None:  # its test-like copies (val_shift), scored once too
+            pred = E.combine(data.holdout_shift, weights).argmax(1)
+            result.holdout["macro_f1_shift"] = E.macro_f1(data.holdout_y, pred, c)
     return result
 
 

@@ -89,3 +89,5 @@ def apply_views(data: FoldOutputs, views: list[str]) -> None:
         data.test = v["test"][:, idx].mean(1)
     if "holdout" in v:
         data.holdout = v["holdout"][:, idx].mean(1)
+    if "holdout_shift" in v:
+        data.holdout_shift = v["holdout_shift"][:, idx].mean(1)

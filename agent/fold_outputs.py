@@ -18,7 +18,7 @@ from .store import SQLiteStore, Sweep, Trial
 OOF_FILES = {"tta": "val_predictions.csv", "single": "val_predictions_single.csv"}
 #: Read when every fold trial wrote it: a shifted copy of the held-out fold (val_shift), same views.
 OPTIONAL_OOF_FILES = {"shift": "val_shift_predictions.csv"}
-TEST, HOLDOUT = "test_predictions.csv", "holdout_predictions.csv"
+TEST, HOLDOUT, HOLDOUT_SHIFT = "test_predictions.csv", "holdout_predictions.csv", "holdout_shift_predictions.csv"
 #: Every test-time view's softmax (cvtrain.heldout.write_view_predictions), read for ``finalize --tta auto``.
 VIEWS_FILE = "view_predictions.npz"
 
@@ -40,6 +40,7 @@ class FoldOutputs:
     holdout_ids: list[str] = field(default_factory=list)
     holdout_y: np.ndarray | None = None
     holdout: np.ndarray | None = None     # (K, H, C): each finalist's mean over its folds
+    holdout_shift: np.ndarray | None = None   # the same on the holdout's shifted copies (val_shift)
     #: read with views: "names" (V view names), "val", "shift" (K, V, N, C), "test" (K, V, T, C) and
     #: "holdout" (K, V, H, C) (test and holdout: means over folds), each where every fold trial has it
     views: dict | None = None
@@ -84,7 +85,8 @@ def read_views(path: Path, cfg: dict) -> dict[str, np.ndarray]:
     if lacking:
         raise OutputsError(f"{path}: no {', '.join(lacking)} (a file from an older trainer?)")
     n_views = len(got["views"])
-    rows = {"val": "val_ids", "val_shift": "val_ids", "test": "test_ids", "holdout": "holdout_ids"}
+    rows = {"val": "val_ids", "val_shift": "val_ids", "test": "test_ids", "holdout": "holdout_ids",
+            "holdout_shift": "holdout_ids"}
     for k, ids in rows.items():
         if k in got and (got[k].ndim != 3 or len(got[k]) != n_views or got[k].shape[1] != len(got[ids])
                          or not np.isfinite(got[k]).all()):
@@ -111,6 +113,8 @@ def read_trial(out: Path, views: bool = False) -> dict:
             raise OutputsError(f"{out / TEST}: {len(got['test'][0])} rows, the test set has {want}")
     if float(cfg.get("holdout") or 0) > 0:
         got["holdout"] = read_probs(out / HOLDOUT)
+        if (out / HOLDOUT_SHIFT).is_file():
+            got["holdout_shift"] = read_probs(out / HOLDOUT_SHIFT)
     if views:
         got["views"] = read_views(out / VIEWS_FILE, cfg)
     if (out / "confusion_matrix.json").is_file():
@@ -196,6 +200,11 @@ def _stack_test_and_holdout(out: FoldOutputs, per: list[list[tuple[int, dict]]])
         if any(got["holdout"][0] != keys for trials in per for _, got in trials):
             raise OutputsError("the fold trials held out different holdout images")
         out.holdout = np.stack([np.mean([got["holdout"][1] for _, got in trials], axis=0) for trials in per])
+        if all("holdout_shift" in got for trials in per for _, got in trials):
+            if any(got["holdout_shift"][0] != keys for trials in per for _, got in trials):
+                raise OutputsError("the fold trials' shifted holdout predictions are not of the holdout images")
+            out.holdout_shift = np.stack([np.mean([got["holdout_shift"][1] for _, got in trials], axis=0)
+                                          for trials in per])
 
 
 def _stack_views(out: FoldOutputs, per: list[list[tuple[int, dict]]]) -> dict:
@@ -221,9 +230,10 @@ def _stack_views(out: FoldOutputs, per: list[list[tuple[int, dict]]]) -> dict:
             if not filled.all():
                 raise OutputsError("the fold trials' view_predictions.npz do not hold out every image")
         views[name] = arr
-    for key, ids in (("test", out.test_ids), ("holdout", out.holdout_ids)):
+    for key, ids in (("test", out.test_ids), ("holdout", out.holdout_ids), ("holdout_shift", out.holdout_ids)):
         if ids and all(key in z for trials in zs for z in trials):
-            if any([str(i) for i in z[f"{key}_ids"]] != list(ids) for trials in zs for z in trials):
+            id_key = "holdout_ids" if key == "holdout_shift" else f"{key}_ids"
+            if any([str(i) for i in z[id_key]] != list(ids) for trials in zs for z in trials):
                 raise OutputsError(f"view_predictions.npz: the {key} images differ from {key}_predictions.csv's")
             views[key] = np.stack([np.mean([z[key] for z in trials], axis=0) for trials in zs])
     return views

@@ -83,8 +83,10 @@ def _final_estimates(page, final: dict) -> None:
         notes.append(f"With one view (none): best single {sv['best_single']:.4f}, equal-weight {sv['equal']:.4f}, "
                      f"selected {sv['selected']:.4f}.")
     if final.get("holdout"):
-        notes.append(f"Holdout: the submitted ensemble scores {final['holdout']['macro_f1']:.4f} on "
-                     f"{final['holdout']['n_images']} images that no trial trained or validated on.")
+        h = final["holdout"]
+        shift = f" ({h['macro_f1_shift']:.4f} on their shifted copies)" if "macro_f1_shift" in h else ""
+        notes.append(f"Holdout: the submitted ensemble scores {h['macro_f1']:.4f}{shift} on "
+                     f"{h['n_images']} images that no trial trained or validated on.")
     page.note(" ".join(notes))
 
 

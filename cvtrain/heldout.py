@@ -24,6 +24,7 @@ from .tta import TTA_VIEWS
 #: The files finalize reads (agent.fold_outputs names them too).
 VAL_TTA, VAL_SINGLE, HOLDOUT = "val_predictions.csv", "val_predictions_single.csv", "holdout_predictions.csv"
 VAL_SHIFT, VIEWS_FILE = "val_shift_predictions.csv", "view_predictions.npz"
+HOLDOUT_SHIFT = "holdout_shift_predictions.csv"
 
 
 def all_views(model, images: np.ndarray, normalize, batch_size: int) -> np.ndarray:
@@ -38,10 +39,12 @@ def mean_of(per_view: np.ndarray, views: list[str]) -> np.ndarray:
 
 def write_heldout_predictions(model, images: np.ndarray, index: DatasetIndex, val: np.ndarray, holdout: np.ndarray,
                               views: list[str], normalize, batch_size: int, out_dir: Path,
-                              shifted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                              shifted: np.ndarray | None = None,
+                              holdout_shifted: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """val_predictions.csv (``views`` averaged), val_predictions_single.csv (no view), with ``shifted``
     (the val rows' shifted copies, NHWC uint8, in ``val`` order) val_shift_predictions.csv (``views``)
-    and, when the run has a holdout, holdout_predictions.csv (``views``). Rows: ID, target, p0..pC-1.
+    and, when the run has a holdout, holdout_predictions.csv (``views``; with ``holdout_shifted``, its
+    shifted copies in holdout_shift_predictions.csv). Rows: ID, target, p0..pC-1.
 
     Returns every view's softmax for :func:`write_view_predictions`: val, val_shift, holdout (V, N, C),
     with val_ids, val_y, holdout_ids, holdout_y.
@@ -62,6 +65,10 @@ def write_heldout_predictions(model, images: np.ndarray, index: DatasetIndex, va
                    holdout=all_views(model, images[holdout], normalize, batch_size))
         write_probs(out_dir / HOLDOUT, ["ID", "target"], [(ids[j], labels[j]) for j in holdout],
                     mean_of(out["holdout"], views))
+        if holdout_shifted is not None:
+            out["holdout_shift"] = all_views(model, holdout_shifted, normalize, batch_size)
+            write_probs(out_dir / HOLDOUT_SHIFT, ["ID", "target"], [(ids[j], labels[j]) for j in holdout],
+                        mean_of(out["holdout_shift"], views))
     return out
 
 

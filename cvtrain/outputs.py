@@ -14,6 +14,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import data as D
+from . import valshift
 from .heldout import VIEWS_FILE, all_views, mean_of, write_heldout_predictions, write_probs, write_view_predictions
 from .metrics import confusion, per_class_report, save_confusion_png
 from .predict import decode_test_set
@@ -136,10 +137,18 @@ def _save_predictions(s: Session) -> None:
     images with the ``tta`` views; every view's softmax in view_predictions.npz. Finalize builds OOF
     estimates and the ensemble from these files; the final epoch (not the best) keeps the OOF estimate honest."""
     e, d = s.cfg.experiment, s.cfg.data
-    shifted = None if s.shifted_val is None else s.shifted_val.x.permute(0, 2, 3, 1).cpu().numpy()
+    holdout = np.asarray(D.holdout_indices(s.data.index.labels, d)[1], dtype=np.int64)
+    shifted = holdout_shifted = None
+    if s.shifted_val is not None:
+        shifted = s.shifted_val.x.permute(0, 2, 3, 1).cpu().numpy()
+        if len(holdout):  # the holdout's test-like copies, drawn as the validation's (by image ID)
+            ids = s.data.index.image_ids()
+            holdout_shifted = valshift.shifted_copies(s.data.val_ds.images, holdout, [ids[j] for j in holdout],
+                                                      e.val_shift, e.val_shift_seed, s.device)
+            holdout_shifted = holdout_shifted.permute(0, 2, 3, 1).cpu().numpy()
     arrays = write_heldout_predictions(s.model, s.data.val_ds.images, s.data.index, s.data.val_ds.indices,
-                                       D.holdout_indices(s.data.index.labels, d)[1], list(e.tta), s.normalize,
-                                       e.batch_size * 2, s.out_dir, shifted)
+                                       holdout, list(e.tta), s.normalize, e.batch_size * 2, s.out_dir, shifted,
+                                       holdout_shifted)
     root = Path(d.data_dir)
     if not (root / d.sample_submission).is_file():
         log.info("no %s in %s: no test predictions", d.sample_submission, root)

@@ -79,7 +79,7 @@ def test_finalize_submits_the_selected_ensemble_with_honest_estimates(parent, de
                for t in db_rows(root, "SELECT name, output_dir FROM trials WHERE sweep_id=?", (sid,))}
     labels = {r["ID"]: int(r["target"]) for r in _read(demo_dir / "train.csv")}
     runs = [f["run"] for f in final["finalists"]]
-    held, shifted, folds, test, holdout = {}, {}, {}, {}, {}
+    held, shifted, folds, test, holdout, holdout_shift = {}, {}, {}, {}, {}, {}
     for t in trials:
         out = t["output_dir"]
         cfg = yaml.safe_load(Path(out, "config.yaml").read_text())
@@ -100,6 +100,9 @@ def test_finalize_submits_the_selected_ensemble_with_honest_estimates(parent, de
         ho = _read(f"{out}/holdout_predictions.csv")
         holdout.setdefault(run, []).append(_probs(ho))
         holdout_ids = [r["ID"] for r in ho]
+        hs = _read(f"{out}/holdout_shift_predictions.csv")   # the holdout's shifted copies, same views
+        assert [r["ID"] for r in hs] == holdout_ids
+        holdout_shift.setdefault(run, []).append(_probs(hs))
 
     # every image but the holdout held out exactly once, on the same folds for both finalists, stratified
     assert len(holdout_ids) == round(HOLDOUT * len(labels))
@@ -136,6 +139,10 @@ def test_finalize_submits_the_selected_ensemble_with_honest_estimates(parent, de
     assert [int(r["target"]) for r in rows] == sub_probs.argmax(1).tolist()
     ho_probs = sum(w[r] * np.mean(holdout[r], axis=0) for r in runs)
     assert final["holdout"]["macro_f1"] == pytest.approx(_f1([labels[i] for i in holdout_ids], ho_probs.argmax(1)))
+    hs_probs = sum(w[r] * np.mean(holdout_shift[r], axis=0) for r in runs)
+    want = _f1([labels[i] for i in holdout_ids], hs_probs.argmax(1))
+    assert final["holdout"]["macro_f1_shift"] == pytest.approx(want)
+    assert any(x.startswith("holdout macro-F1") and f"(its shifted copies: {want:.4f})" in x for x in lines)
     assert list((root / "sweeps" / sid / "wandb").glob("offline-run-*")), "the submission is logged beside the sweep"
 
     page = cvsweep(["report", sid, "-o", str(tmp_path / "r.html")], root)

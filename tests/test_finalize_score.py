@@ -252,3 +252,17 @@ def test_a_view_file_whose_rows_do_not_match_its_ids_is_incomplete_not_a_crash(t
         read_views(tmp_path / "short.npz", {})
     with pytest.raises(OutputsError, match="no holdout_ids, holdout_y, holdout"):
         read_views(tmp_path / "ok.npz", {"holdout": 0.1})
+
+
+def test_the_holdouts_shifted_copies_are_scored_once_with_the_submitted_weights():
+    data = outputs(seed=3)
+    rng = np.random.default_rng(7)
+    data.holdout_shift = rng.dirichlet(np.ones(4), (3, 30))
+    result = score(data, FINALISTS, FINAL, 3, n_boot=100)
+    w = np.array([f["weight"] for f in result.finalists])
+    want = E.macro_f1(data.holdout_y, np.tensordot(w, data.holdout_shift, axes=1).argmax(1))
+    assert result.holdout["macro_f1_shift"] == pytest.approx(want)
+    assert result.holdout["macro_f1_shift"] != pytest.approx(result.holdout["macro_f1"])
+    page = Page("t")
+    final_section(page, json.loads(json.dumps(result.to_json(), default=float)), "best_val_shift_f1")
+    assert f"{want:.4f} on their shifted copies" in page.render()

@@ -55,6 +55,11 @@ def test_held_out_predictions_are_the_final_models_with_the_submissions_views(en
         assert not np.allclose(single, probs_of(best, images, ["none"]), atol=1e-5)
     held, _, held_probs = read(out / "holdout_predictions.csv")
     assert len(held) == round(0.2 * len(index.labels)) and not set(held) & set(ids)
+    # the holdout's test-like copies, drawn as the validation's (by image ID), with the same views
+    held_shift_ids, _, held_shift = read(out / "holdout_shift_predictions.csv")
+    held_copies = V.shifted_copies(cache, np.array([position[i] for i in held]), held, PROFILE,
+                                   cfg.experiment.val_shift_seed, torch.device("cpu")).permute(0, 2, 3, 1).numpy()
+    assert held_shift_ids == held and np.allclose(held_shift, probs_of(last, held_copies, VIEWS), atol=1e-5)
 
     # the shifted copies the epochs validated on (val_shift), predicted with the same views
     shift_ids, shift_targets, shifted = read(out / "val_shift_predictions.csv")
@@ -72,6 +77,7 @@ def test_held_out_predictions_are_the_final_models_with_the_submissions_views(en
         assert np.allclose(got[key][TTA_VIEWS.index("rot90")], probs_of(last, x, ["rot90"]), atol=1e-5)
     assert np.allclose(got["val_shift"][[0, 2]].mean(0), shifted, atol=1e-5)
     assert np.allclose(got["holdout"][[0, 2]].mean(0), held_probs, atol=1e-5) and list(got["holdout_ids"]) == held
+    assert np.allclose(got["holdout_shift"][[0, 2]].mean(0), held_shift, atol=1e-5)
     test_ids, _, test = read_test(out / "test_predictions.csv")
     assert list(got["test_ids"]) == test_ids and np.allclose(got["test"][[0, 2]].mean(0), test, atol=1e-5)
 
@@ -87,11 +93,12 @@ def test_a_run_resumed_after_its_last_epoch_ends_with_its_predictions(ended, tin
     out = result.output_dir
     before, before_shift = read(out / "val_predictions.csv"), read(out / "val_shift_predictions.csv")
     for name in ("val_predictions.csv", "val_predictions_single.csv", "holdout_predictions.csv",
-                 "val_shift_predictions.csv", "view_predictions.npz"):
+                 "val_shift_predictions.csv", "holdout_shift_predictions.csv", "view_predictions.npz"):
         (out / name).unlink(missing_ok=True)
     again = train(cfg, resume="auto")   # no epoch left to run: it used to fail on the missing epoch's softmax
     assert again.state == "finished" and again.summary["epochs_completed"] == 2
     after = read(out / "val_predictions.csv")
     assert after[0] == before[0] and np.allclose(after[2], before[2], atol=1e-6)
     assert (out / "holdout_predictions.csv").is_file() and (out / "view_predictions.npz").is_file()
+    assert (out / "holdout_shift_predictions.csv").is_file()
     assert np.allclose(read(out / "val_shift_predictions.csv")[2], before_shift[2], atol=1e-6)

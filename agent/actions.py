@@ -97,6 +97,13 @@ def _progress_printer(sweep: OpenSweep, echo: Echo) -> Callable[[], None]:
 
 
 # ---------------------------------------------------------------------------
+def _distinctive(f, finalists: list, parent) -> dict:
+    """A finalist's settings worth a line: those the parent sweep varied and those the finalists differ on."""
+    swept = {k for k, v in (parent.config.get("parameters") or {}).items() if isinstance(v, dict) and "value" not in v}
+    differ = {k for k in f.params if len({json.dumps(x.params.get(k), sort_keys=True) for x in finalists}) > 1}
+    return {k: f.params[k] for k in sorted((swept | differ) & set(f.params))}
+
+
 def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int = 5, tta: list | str | None = None,
                  gpus: str = "all", workers: int | None = None, seed: int = 0, output: str = "submission.csv",
                  echo: Echo = _print) -> int:
@@ -125,7 +132,8 @@ def run_finalize(s: Settings, parent_sweep: OpenSweep, top: int = 3, folds: int 
         echo(f"  queued again: {why}")
     for f in finalists:
         echo(f"  #{f.index} {f.run} ({parent.metric_name} {f.metric:.4f}, configuration from {f.config_from}): "
-             f"{json.dumps(f.params, sort_keys=True)}")
+             f"{json.dumps(_distinctive(f, finalists, parent), sort_keys=True)}")
+    echo("  (what the sweep varied and where the finalists differ; each whole configuration is in final.json)")
     code = run_agents(s, OpenSweep("local", store, final.id), gpus, 1, workers, echo=echo)
     if code != 0:
         echo(f"finalize: the agents exited with {code}; run the same command again to resume", err=True)

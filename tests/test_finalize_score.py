@@ -266,3 +266,16 @@ def test_the_holdouts_shifted_copies_are_scored_once_with_the_submitted_weights(
     page = Page("t")
     final_section(page, json.loads(json.dumps(result.to_json(), default=float)), "best_val_shift_f1")
     assert f"{want:.4f} on their shifted copies" in page.render()
+
+
+def test_finalize_prints_what_the_sweep_varied_and_where_finalists_differ_not_whole_configurations():
+    from agent.actions import _distinctive
+
+    parent = Sweep("par", {"parameters": {"learning_rate": {"min": 0.001, "max": 0.1}, "epochs": {"value": 12},
+                                          "augment": {"parameters": {"rotate": {"values": [0, 0.5]}}}}})
+    base = {"epochs": 12, "weight_decay": 0.05, "augment": {"rotate": 0.5, "flip": 0.3}, "seed": 42}
+    fins = [Finalist(1, "a", None, 0.9, {**base, "learning_rate": 0.01, "model_name": "resnet10t"}),
+            Finalist(2, "b", None, 0.8, {**base, "learning_rate": 0.02, "model_name": "test_resnet"})]
+    assert _distinctive(fins[0], fins, parent) == {"augment": {"rotate": 0.5, "flip": 0.3}, "learning_rate": 0.01,
+                                                   "model_name": "resnet10t"}
+    assert _distinctive(fins[0], fins[:1], parent) == {"augment": {"rotate": 0.5, "flip": 0.3}, "learning_rate": 0.01}

@@ -16,8 +16,10 @@ Targets (from the issues) and what each figure includes and excludes:
   final reports (confusion matrix, per-class table), checkpoint retention, artifacts, summary,
   W&B finish and the controller's finish. Excluded on both sides: setup (data and model build,
   FLOP count, W&B init; ``per_trial_fixed_cost_s`` measures that). The bare loop saves and logs
-  nothing. Runs alternate (instrumented, bare) so drift in the machine's load hits both; the first
-  pair is warm-up. Headline: the median of the pairs' ratios (each pair also printed).
+  nothing. The two alternate epoch by epoch (a bare epoch runs inside each of the trial's epoch reports,
+  before that epoch's checkpoint, and its time is taken out of the trial's), so drift in the machine's
+  load hits both alike; the first trial is warm-up. Headline: the median over trials of (trial's wall
+  time less its bare epochs) / (its bare epochs' time), each trial's also printed.
   ``trainer_overhead_ratio_outside_epochs``: each trial's wall time over its own train/eval
   passes (immune to load drift between trials; equal to the headline when the trainer's epochs
   cost what the bare loop's do, ``trainer_epochs_vs_bare_loop`` ~ 1).

@@ -261,8 +261,8 @@ class Launcher:
         return os.path.join(self._grants, f"w{s.slot}.cpus")
 
     def _hand_on(self, done: WorkerSpec) -> None:
-        """A pinned CPU worker ended with nothing left to do: its cores go to the running CPU worker with
-        the fewest (agent.cores), so the sweep's last trials do not train on half the machine."""
+        """A pinned CPU worker ended with nothing left to do (or was given up on): its cores go to the running
+        CPU worker with the fewest (agent.cores), so the sweep's last trials do not train on half the machine."""
         takers = [s for s in self.specs if s.proc is not None and s.proc.poll() is None and self._takes_cores(s)]
         if not takers or not self._takes_cores(done):
             return
@@ -273,7 +273,8 @@ class Launcher:
             self.echo(f"could not hand worker w{done.slot}'s cores on: {exc}")
             return
         to.cpus, freed, done.cpus = sorted(to.cpus + done.cpus), done.cpus, []
-        self.echo(f"worker w{done.slot} finished: its cpus {cpu_ranges(freed)} go to w{to.slot} "
+        ended = "finished" if done.exit_code == 0 else "was given up on"
+        self.echo(f"worker w{done.slot} {ended}: its cpus {cpu_ranges(freed)} go to w{to.slot} "
                   f"(now cpus {cpu_ranges(to.cpus)})")
 
     def _on_signal(self, signum, frame) -> None:
@@ -310,6 +311,7 @@ class Launcher:
                             alive += 1
                         else:
                             self.echo(f"worker w{s.slot} exited with {code} {s.restarts + 1} times; giving up on it")
+                            self._hand_on(s)
                 if self.progress and time.monotonic() >= next_progress:
                     self.progress()
                     next_progress = time.monotonic() + self.progress_every

@@ -278,9 +278,11 @@ def test_launcher_gives_up_on_a_worker_that_keeps_dying():
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a hand-over needs two cores")
-def test_a_finished_cpu_workers_cores_go_to_the_worker_still_training(tmp_path):
-    """w0 finds no more work and exits; the launcher hands its core to w1, which takes it between epochs
-    (agent.cores): every thread of w1 widened, torch on two threads."""
+@pytest.mark.parametrize("w0, restarts, ended, rc", [("pass", 5, "finished", 0),
+                                                     ("import sys; sys.exit(3)", 0, "was given up on", 1)])
+def test_a_finished_cpu_workers_cores_go_to_the_worker_still_training(tmp_path, w0, restarts, ended, rc):
+    """w0 finds no more work and exits (or keeps dying and is given up on); the launcher hands its core to
+    w1, which takes it between epochs (agent.cores): every thread of w1 widened, torch on two threads."""
     a, b = sorted(os.sched_getaffinity(0))[:2]
     out = tmp_path / "w1"
     taker = (
@@ -293,12 +295,12 @@ def test_a_finished_cpu_workers_cores_go_to_the_worker_still_training(tmp_path):
         "other = sorted(os.sched_getaffinity(t.native_id)); ev.set(); t.join()\n"
         f"open({str(out)!r}, 'w').write(f'{{sorted(os.sched_getaffinity(0))}} {{other}} {{torch.get_num_threads()}}')\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    specs = [WorkerSpec(slot=0, gpus=[], cmd=[sys.executable, "-c", "pass"], env=env, cpus=[a], pin=True),
+    specs = [WorkerSpec(slot=0, gpus=[], cmd=[sys.executable, "-c", w0], env=env, cpus=[a], pin=True),
              WorkerSpec(slot=1, gpus=[], cmd=[sys.executable, "-c", taker], env=env, cpus=[b], pin=True)]
     messages = []
-    assert Launcher(specs, poll=0.05, echo=messages.append).run() == 0
+    assert Launcher(specs, poll=0.05, max_restarts=restarts, echo=messages.append).run() == rc
     assert out.read_text() == f"{[a, b]} {[a, b]} 2"
-    assert any(f"w0 finished: its cpus {a} go to w1" in m for m in messages)
+    assert any(f"w0 {ended}: its cpus {a} go to w1" in m for m in messages)
 
 
 def test_a_cpu_workers_cores_go_to_no_gpu_worker(tmp_path):

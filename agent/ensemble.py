@@ -65,14 +65,18 @@ def combine(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def nested_selection(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray,
                      rounds: int = ROUNDS) -> tuple[np.ndarray, dict]:
     """Out-of-fold predictions of "select on the other folds, predict this one", and each fold's weights."""
-    pred = np.empty(len(y), dtype=np.int64)
-    weights = {}
-    for f in np.unique(fold_of):
-        held = fold_of == f
-        w = weights_of(greedy_select(probs[:, ~held], y[~held], rounds))
-        pred[held] = combine(probs[:, held], w).argmax(1)
-        weights[int(f)] = w
-    return pred, weights
+    weights = {int(f): weights_of(greedy_select(probs[:, fold_of != f], y[fold_of != f], rounds))
+               for f in np.unique(fold_of)}
+    return predict_nested(probs, fold_of, weights), weights
+
+
+def predict_nested(probs: np.ndarray, fold_of: np.ndarray, fold_weights: dict) -> np.ndarray:
+    """Each held-out fold predicted by the ensemble with that fold's weights (chosen on the other folds)."""
+    pred = np.empty(probs.shape[1], dtype=np.int64)
+    for f, w in fold_weights.items():
+        held = fold_of == int(f)
+        pred[held] = combine(probs[:, held], np.asarray(w)).argmax(1)
+    return pred
 
 
 def per_fold_f1(y: np.ndarray, pred: np.ndarray, fold_of: np.ndarray, n_classes: int) -> list[float]:

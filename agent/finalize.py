@@ -255,7 +255,7 @@ def score(data, finalists: list[Finalist], final: Sweep, folds: int, n_boot: int
     est = E.score(probs, data.y, data.fold_of, n_boot=n_boot)
     c = probs.shape[2]
     names = data.class_names or [str(k) for k in range(c)]
-    nested = _nested_pred(probs, data.fold_of, est["fold_weights"])
+    nested = E.predict_nested(probs, data.fold_of, est["fold_weights"])
     weights = np.array(est["weights"])
     cfg = data.config
     result = FinalResult(
@@ -297,15 +297,6 @@ def _finalist_rows(data, finalists: list[Finalist], est: dict, probs: np.ndarray
                                                       est["single_ci90"]))]
 
 
-def _nested_pred(probs: np.ndarray, fold_of: np.ndarray, fold_weights: dict) -> np.ndarray:
-    """Each held-out fold predicted by the ensemble weighted as selected on the other folds."""
-    pred = np.empty(probs.shape[1], dtype=np.int64)
-    for f, w in fold_weights.items():
-        held = fold_of == int(f)
-        pred[held] = E.combine(probs[:, held], np.asarray(w)).argmax(1)
-    return pred
-
-
 def _points(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray, fold_weights: dict | None = None) -> dict:
     """Best single, equal-weight and nested selected macro-F1 (no intervals) of one set of OOF predictions;
     ``fold_weights``: the selection made on other images (each fold's weights), else one on these."""
@@ -314,7 +305,7 @@ def _points(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray, fold_weights:
     if fold_weights is None:
         nested, _ = E.nested_selection(probs, y, fold_of)
     else:
-        nested = _nested_pred(probs, fold_of, fold_weights)
+        nested = E.predict_nested(probs, fold_of, fold_weights)
     return {"best_single": max(singles), "equal": E.macro_f1(y, probs.mean(0).argmax(1), c),
             "selected": E.macro_f1(y, nested, c)}
 

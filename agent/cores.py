@@ -19,6 +19,13 @@ from pathlib import Path
 log = logging.getLogger("cvsweep.cores")
 
 ENV = "CVSWEEP_CPU_GRANT"
+#: The thread counts a worker's share sets (the launcher at start, :meth:`CoreGrant.apply` on a hand-over).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env(cpus) -> dict[str, str]:
+    """The thread-count variables for a share of ``cpus``."""
+    return dict.fromkeys(THREAD_VARS, str(max(1, len(cpus))))
 
 
 def write_grant(path: str | os.PathLike, cpus: list[int]) -> None:
@@ -65,8 +72,7 @@ class CoreGrant:
                     os.sched_setaffinity(int(tid), cpus)
                 except OSError:  # a thread that ended meanwhile
                     pass
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                os.environ[var] = str(len(cpus))
+            os.environ.update(thread_env(cpus))
             torch.set_num_threads(len(cpus))
         except Exception as exc:  # noqa: BLE001 - a core outside this job's cgroup, say: train where it is
             log.warning("could not take the cores %s handed on: %s", sorted(cpus), exc)

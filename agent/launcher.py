@@ -167,8 +167,7 @@ def worker_env(base: Mapping[str, str], gpus: list[Gpu], cpus: list[int], state_
     # fastest first, would put another card under the same index on a machine with mixed GPUs.
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     threads = max(1, len(cpus))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
+    env.update(cores.thread_env(cpus))
     env["CVSWEEP_DIR"] = state_dir
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("CVTRAIN_NUM_WORKERS", str(loader_workers(threads, bool(gpus))))  # a user's setting wins
@@ -249,8 +248,7 @@ class Launcher:
         # supervisor runs no threads of its own that a fork could catch holding a lock.
         env = s.env
         if self._takes_cores(s):  # a restart after a hand-over starts on the widened share, with its threads
-            env = {**s.env, cores.ENV: self._grant_path(s),
-                   **{v: str(len(s.cpus)) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+            env = {**s.env, cores.ENV: self._grant_path(s), **cores.thread_env(s.cpus)}
         s.proc = subprocess.Popen(s.cmd, env=env, preexec_fn=_pin_to(s.cpus) if s.pin and s.cpus else None)
         s.exit_code = None
 
@@ -267,12 +265,13 @@ class Launcher:
         if not takers or not self._takes_cores(done):
             return
         to = min(takers, key=lambda s: len(s.cpus))
+        widened = sorted(to.cpus + done.cpus)
         try:
-            cores.write_grant(self._grant_path(to), sorted(to.cpus + done.cpus))
+            cores.write_grant(self._grant_path(to), widened)
         except OSError as exc:  # the supervisor goes on: the workers keep the cores they have
             self.echo(f"could not hand worker w{done.slot}'s cores on: {exc}")
             return
-        to.cpus, freed, done.cpus = sorted(to.cpus + done.cpus), done.cpus, []
+        to.cpus, freed, done.cpus = widened, done.cpus, []
         ended = "finished" if done.exit_code == 0 else "was given up on"
         self.echo(f"worker w{done.slot} {ended}: its cpus {cpu_ranges(freed)} go to w{to.slot} "
                   f"(now cpus {cpu_ranges(to.cpus)})")

@@ -52,23 +52,24 @@ def write_heldout_predictions(model, images: np.ndarray, index: DatasetIndex, va
     model.eval()
     ids, labels = index.image_ids(), np.asarray(index.labels)
     val, holdout = np.asarray(val, dtype=np.int64), np.asarray(holdout, dtype=np.int64)
-    out = {"val_ids": np.array([ids[j] for j in val]), "val_y": labels[val],
-           "val": all_views(model, images[val], normalize, batch_size)}
-    rows = [(ids[j], labels[j]) for j in val]
-    write_probs(out_dir / VAL_TTA, ["ID", "target"], rows, mean_of(out["val"], views))
-    write_probs(out_dir / VAL_SINGLE, ["ID", "target"], rows, mean_of(out["val"], ["none"]))
+    out: dict[str, np.ndarray] = {}
+
+    def predict(key: str, x: np.ndarray, rows: np.ndarray, *files: tuple[str, list[str]]) -> None:
+        """Every view's softmax of ``x`` into out[key]; each file: the mean over its views."""
+        out[key] = all_views(model, x, normalize, batch_size)
+        keys = [(ids[j], labels[j]) for j in rows]
+        for name, vs in files:
+            write_probs(out_dir / name, ["ID", "target"], keys, mean_of(out[key], vs))
+
+    out.update(val_ids=np.array([ids[j] for j in val]), val_y=labels[val])
+    predict("val", images[val], val, (VAL_TTA, views), (VAL_SINGLE, ["none"]))
     if shifted is not None:
-        out["val_shift"] = all_views(model, shifted, normalize, batch_size)
-        write_probs(out_dir / VAL_SHIFT, ["ID", "target"], rows, mean_of(out["val_shift"], views))
+        predict("val_shift", shifted, val, (VAL_SHIFT, views))
     if len(holdout):
-        out.update(holdout_ids=np.array([ids[j] for j in holdout]), holdout_y=labels[holdout],
-                   holdout=all_views(model, images[holdout], normalize, batch_size))
-        write_probs(out_dir / HOLDOUT, ["ID", "target"], [(ids[j], labels[j]) for j in holdout],
-                    mean_of(out["holdout"], views))
+        out.update(holdout_ids=np.array([ids[j] for j in holdout]), holdout_y=labels[holdout])
+        predict("holdout", images[holdout], holdout, (HOLDOUT, views))
         if holdout_shifted is not None:
-            out["holdout_shift"] = all_views(model, holdout_shifted, normalize, batch_size)
-            write_probs(out_dir / HOLDOUT_SHIFT, ["ID", "target"], [(ids[j], labels[j]) for j in holdout],
-                        mean_of(out["holdout_shift"], views))
+            predict("holdout_shift", holdout_shifted, holdout, (HOLDOUT_SHIFT, views))
     return out
 
 

@@ -188,23 +188,27 @@ def _assemble(per: list[list[tuple[int, dict]]]) -> FoldOutputs:
     return out
 
 
+def _mean_over_folds(per: list[list[tuple[int, dict]]], key: str) -> np.ndarray:
+    """(K, rows, C): each finalist's ``key`` predictions averaged over its fold trials."""
+    return np.stack([np.mean([got[key][1] for _, got in trials], axis=0) for trials in per])
+
+
 def _stack_test_and_holdout(out: FoldOutputs, per: list[list[tuple[int, dict]]]) -> None:
-    if all("test" in got for trials in per for _, got in trials):
+    def everywhere(key: str) -> bool:
+        return all(key in got for trials in per for _, got in trials)
+
+    if everywhere("test"):
         out.test_ids = [k[0] for k in per[0][0][1]["test"][0]]
         if any([k[0] for k in got["test"][0]] != out.test_ids for trials in per for _, got in trials):
             raise OutputsError("the fold trials' test predictions are not in one order")
-        out.test = np.stack([np.mean([got["test"][1] for _, got in trials], axis=0) for trials in per])
-    if all("holdout" in got for trials in per for _, got in trials):
+        out.test = _mean_over_folds(per, "test")
+    if everywhere("holdout"):
         keys = per[0][0][1]["holdout"][0]
         out.holdout_ids, out.holdout_y = [k[0] for k in keys], np.array([int(k[1]) for k in keys])
-        if any(got["holdout"][0] != keys for trials in per for _, got in trials):
-            raise OutputsError("the fold trials held out different holdout images")
-        out.holdout = np.stack([np.mean([got["holdout"][1] for _, got in trials], axis=0) for trials in per])
-        if all("holdout_shift" in got for trials in per for _, got in trials):
-            if any(got["holdout_shift"][0] != keys for trials in per for _, got in trials):
-                raise OutputsError("the fold trials' shifted holdout predictions are not of the holdout images")
-            out.holdout_shift = np.stack([np.mean([got["holdout_shift"][1] for _, got in trials], axis=0)
-                                          for trials in per])
+        for key in ("holdout", "holdout_shift") if everywhere("holdout_shift") else ("holdout",):
+            if any(got[key][0] != keys for trials in per for _, got in trials):
+                raise OutputsError(f"the fold trials held out different holdout images ({key}_predictions.csv)")
+            setattr(out, key, _mean_over_folds(per, key))
 
 
 def _stack_views(out: FoldOutputs, per: list[list[tuple[int, dict]]]) -> dict:
@@ -230,9 +234,9 @@ def _stack_views(out: FoldOutputs, per: list[list[tuple[int, dict]]]) -> dict:
             if not filled.all():
                 raise OutputsError("the fold trials' view_predictions.npz do not hold out every image")
         views[name] = arr
-    for key, ids in (("test", out.test_ids), ("holdout", out.holdout_ids), ("holdout_shift", out.holdout_ids)):
+    for key, id_key, ids in (("test", "test_ids", out.test_ids), ("holdout", "holdout_ids", out.holdout_ids),
+                             ("holdout_shift", "holdout_ids", out.holdout_ids)):
         if ids and all(key in z for trials in zs for z in trials):
-            id_key = "holdout_ids" if key == "holdout_shift" else f"{key}_ids"
             if any([str(i) for i in z[id_key]] != list(ids) for trials in zs for z in trials):
                 raise OutputsError(f"view_predictions.npz: the {key} images differ from {key}_predictions.csv's")
             views[key] = np.stack([np.mean([z[key] for z in trials], axis=0) for trials in zs])

@@ -42,7 +42,7 @@ from .controller import LocalController
 from .finalize_views import apply_views, choose_views
 from .fold_outputs import OutputsError, incomplete, read_folds
 from .queries import leaderboard
-from .store import RunStore, SQLiteStore, Sweep
+from .store import RunStore, SQLiteStore, Sweep, Trial
 
 #: Settings a finalist does not take from its trial: where outputs go, how the run is named and
 #: logged, how the data is split (finalize sets the folds) and what belongs to the machine.
@@ -159,17 +159,26 @@ def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict,
         # A grid never suggests a point again: a fold that failed or crashed, or finished without
         # whole outputs (a test set added later, a partial file), is queued once more; it resumes
         # from its last checkpoint when it has one (after its last epoch: it only predicts).
-        again = {t.id: f"{t.name}: {t.state}" for t in store.list_trials(s.id, with_history=False)
+        again = {t.id: (t, t.state) for t in store.list_trials(s.id, with_history=False)
                  if t.state in ("failed", "crashed")}
         for t in store.list_trials(s.id, states=("finished",), with_history=False):
             why = incomplete(t, views)
             if why:
-                again[t.id] = f"{t.name}: {why}"
+                again[t.id] = (t, why)
         store.queue_again(list(again))
         if s.state == "finished":
             store.set_sweep_state(s.id, "running")
-        return s, True, list(again.values())
+        return s, True, [f"{t.name}: {why}; {_restart_note(t)}" for t, why in again.values()]
     return LocalController(store).create_sweep(config, project=parent.project, entity=parent.entity), False, []
+
+
+def _restart_note(trial: Trial) -> str:
+    """How a fold trial queued again will start: from the last.pt its run kept, or from scratch
+    (keep_checkpoints best or none deleted it when the run ended)."""
+    ckpt_dir = trial.params.get("checkpoint_dir") or Path(trial.output_dir or "-", "checkpoints")
+    if (Path(ckpt_dir) / "last.pt").is_file():
+        return "it resumes from its last.pt"
+    return "no last.pt was kept (keep_checkpoints): it trains again from the start"
 
 
 @dataclass

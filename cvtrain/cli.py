@@ -212,11 +212,13 @@ def predict_main(argv: list[str]) -> int:
     setup_logging()
     try:
         args = parse_argv(argv, known=list(PREDICT_OPTIONS), cli_only=())
-        from .predict import predict_submission  # lazy: torch loads only once the options are good
-
         kw = {k: parse_literal(v) if k in ("tta", "batch_size") else v for k, v in args.values.items()}
         if "checkpoint" not in kw or "data_dir" not in kw:
             raise UsageError("predict needs --checkpoint=PATH and --data_dir=DIR (holding test/ and sample_submission.csv)")
+        if not os.path.isfile(kw["checkpoint"]):
+            raise FileNotFoundError(f"--checkpoint={kw['checkpoint']}: no such file")
+        from .predict import predict_submission  # lazy: torch loads (seconds) only once the options are good
+
         out = predict_submission(**kw, say=lambda line: print(f"cvtrain predict: {line}"))
     except (UsageError, ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"cvtrain predict: {exc}", file=sys.stderr)

@@ -60,3 +60,18 @@ def test_the_trainer_modules_import_each_other_without_a_cycle():
         if name not in done:
             visit(name, [name])
     assert cycles == []
+
+
+def test_a_bad_argument_is_answered_before_torch_loads(tmp_path):
+    """Loading torch takes seconds: a typo, a bad value or a missing checkpoint is answered without it."""
+    bad = [["--learnin_rate=0.1"], ["--epochs=zero"], ["predict", "--checkpoint=nope.pt"], ["predict", "--bogus=1"],
+           ["predict", f"--checkpoint={tmp_path / 'nope.pt'}", f"--data_dir={tmp_path}"]]
+    code = ("import sys; from cvtrain.cli import main\n"
+            f"codes = [main(a) for a in {bad!r}]\n"
+            "assert 'torch' not in sys.modules, 'torch loaded'\n"
+            "print(codes)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str([2] * len(bad))
+    assert "nope.pt: no such file" in proc.stderr

@@ -178,7 +178,8 @@ def test_running_finalize_again_queues_failed_and_incomplete_folds(parent, tmp_p
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     out = again.stdout
     assert "(resumed)" in out and out.strip().splitlines()[-1].startswith("oof_macro_f1: ")
-    assert f"queued again: {failed['name']}: failed" in out
+    # keep_checkpoints=best deleted their last.pt when they ended: the rerun says they train from the start
+    assert f"queued again: {failed['name']}: failed; no last.pt was kept (keep_checkpoints): it trains again" in out
     assert f"queued again: {partial['name']}: {test_file}:" in out
     states = db_rows(root, "SELECT state FROM trials WHERE sweep_id=?", (final_id,))
     assert {r["state"] for r in states} == {"finished"}

@@ -279,3 +279,25 @@ def test_finalize_prints_what_the_sweep_varied_and_where_finalists_differ_not_wh
     assert _distinctive(fins[0], fins, parent) == {"augment": {"rotate": 0.5, "flip": 0.3}, "learning_rate": 0.01,
                                                    "model_name": "resnet10t"}
     assert _distinctive(fins[0], fins[:1], parent) == {"augment": {"rotate": 0.5, "flip": 0.3}, "learning_rate": 0.01}
+
+
+def test_a_fold_queued_again_says_whether_it_resumes_or_trains_from_the_start(tmp_path):
+    from agent.finalize import _restart_note
+    from agent.store import Trial
+
+    kept, slimmed = tmp_path / "kept", tmp_path / "slimmed"
+    (kept / "checkpoints").mkdir(parents=True)
+    (kept / "checkpoints" / "last.pt").write_bytes(b"x")
+    (slimmed / "checkpoints").mkdir(parents=True)
+    (slimmed / "checkpoints" / "best.pt").write_bytes(b"x")  # keep_checkpoints=best: last.pt deleted at the end
+    elsewhere = tmp_path / "ckpts"
+    elsewhere.mkdir()
+    (elsewhere / "last.pt").write_bytes(b"x")
+
+    def trial(out, **params):
+        return Trial(sweep_id="s", name="t", state="failed", params=params, output_dir=str(out))
+
+    assert _restart_note(trial(kept)) == "it resumes from its last.pt"
+    assert "trains again from the start" in _restart_note(trial(slimmed))
+    assert "trains again from the start" in _restart_note(trial(tmp_path / "never-started"))
+    assert _restart_note(trial(slimmed, checkpoint_dir=str(elsewhere))) == "it resumes from its last.pt"

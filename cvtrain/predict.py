@@ -15,7 +15,7 @@ from .device import select_device
 from .model import build_model
 from .norm import Normalizer, describe, stored_data_config
 from .notices import say_once
-from .tta import stack_views
+from .tta import view_softmax
 from .tta_auto import choose_tta
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,7 @@ def predict_probs(model, images, normalize, views: list[str], batch_size: int, p
         if device.type == "cuda":
             x = x.pin_memory()
         x = x.to(device, non_blocking=True)
-        logits = model(normalize(stack_views(x, views))).float()
-        p = torch.softmax(logits, dim=1).view(len(views), x.shape[0], -1)
-        out.append((p if per_view else p.mean(0)).cpu())
+        out.append(view_softmax(model, x, normalize, views, per_view).cpu())
     return torch.cat(out, dim=1 if per_view else 0) if out else torch.zeros(0)
 
 

@@ -28,6 +28,15 @@ def stack_views(x, views: list[str]):
     return torch.cat([apply_view(x, v) for v in views])
 
 
+def view_softmax(model, x, normalize, views: list[str], per_view: bool = False):
+    """Softmax of ``views`` of the uint8 batch ``x`` (N, C, H, W, on the model's device) in one forward
+    pass: each view's, (V, N, classes), or ``per_view`` False their mean, (N, classes)."""
+    import torch  # lazy: see stack_views
+
+    p = torch.softmax(model(normalize(stack_views(x, views))).float(), dim=1).view(len(views), x.shape[0], -1)
+    return p if per_view else p.mean(0)
+
+
 def greedy_add(score: Callable[[list[str]], float], candidates: Iterable[str]) -> tuple[list[str], float, float]:
     """(views, their score, the score of 'none'): from ``["none"]``, add the candidate that scores best
     while it raises the score (ties: the later name). ``predict --tta auto`` and ``finalize --tta auto``."""

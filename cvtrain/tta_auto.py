@@ -18,7 +18,7 @@ from .config import Config
 from .metrics import epoch_metrics
 from .norm import Normalizer
 from .shift_profile import is_off
-from .tta import TTA_VIEWS, apply_view, greedy_add
+from .tta import TTA_VIEWS, greedy_add, view_softmax
 
 
 @dataclass
@@ -55,12 +55,11 @@ def view_probs(model, x: torch.Tensor, views, batch_size: int = 64,
     """Softmax of every view on the uint8 batch ``x``, by view (``data_config``: the model's mean/std)."""
     normalize = Normalizer(x.device, False, data_config)
     model.eval()
-    out = {}
-    for v in views:
-        parts = [torch.softmax(model(normalize(apply_view(x[s:s + batch_size], v))).float(), 1).cpu()
-                 for s in range(0, len(x), batch_size)]
-        out[v] = torch.cat(parts).numpy()
-    return out
+    views = list(views)
+    per = max(1, batch_size // len(views))  # as predict_probs: at most batch_size views per forward pass
+    p = torch.cat([view_softmax(model, x[s:s + per], normalize, views, per_view=True).cpu()
+                   for s in range(0, len(x), per)], dim=1)
+    return {v: p[i].numpy() for i, v in enumerate(views)}
 
 
 def greedy_views(probs: dict[str, np.ndarray], y: np.ndarray) -> tuple[list[str], float, float]:

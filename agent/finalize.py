@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from cvtrain.config import GROUPS, PARAM_KEYS, DataConfig
+from cvtrain.metrics import confusion
 from cvtrain.shift_profile import is_off
 
 from . import ensemble as E
@@ -320,8 +321,6 @@ def _points(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray, fold_weights:
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, c: int) -> list:
-    from cvtrain.metrics import confusion  # lazy: sklearn, when the scores are written
-
     return confusion(y, pred, c).tolist()
 
 

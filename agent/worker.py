@@ -192,14 +192,18 @@ def local_worker_loop(sweep_id: str, worker: str, count: int | None, stop_event:
     return EXIT_PREEMPTED if stops.is_set() else 0
 
 
-def settle_imports() -> None:
-    """Import what every trial needs, once, then take those objects out of the cyclic garbage
-    collector's walks (``gc.freeze``): with torch, timm and wandb loaded, each full collection
-    walked them all (~0.2 s, measured, every few epoch reports, and in training alike)."""
+def settle_imports(*extra: str) -> None:
+    """Import what every trial needs (and the ``extra`` modules), once, then take those objects out of
+    the cyclic garbage collector's walks (``gc.freeze``): with torch, timm and wandb loaded, each full
+    collection walked them all (~0.2 s, measured, every few epoch reports, and in training alike)."""
+    import importlib
+
     import wandb  # noqa: F401
 
     import cvtrain.engine  # noqa: F401 - torch, timm
 
+    for name in extra:
+        importlib.import_module(name)
     gc.collect()  # what is garbage now is freed, not frozen
     gc.freeze()
 
@@ -231,8 +235,21 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker = f"{socket.gethostname()}:{os.getpid()}:{a.name or 'w'}"
-    settle_imports()
+    settle_imports(*_search_imports(a.sweep_id, settings))
     return local_worker_loop(a.sweep_id, worker, a.count, stop, settings=settings)
+
+
+def _search_imports(sweep_id: str, settings: Settings) -> tuple[str, ...]:
+    """A bayes sweep's claims fit a Gaussian process (scipy, scikit-learn): loaded before the freeze too."""
+    try:
+        store = SQLiteStore(settings.state_dir, create=False)
+        try:
+            method = store.get_sweep(sweep_id).config.get("method")
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - the worker's loop says what is wrong with the sweep or the store
+        return ()
+    return ("sweeps.bayes_search",) if method == "bayes" else ()
 
 
 def wandb_main(a) -> int:

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
 from .config import AugmentConfig, DataConfig
 from .sample_augment import augment
+from .split import kfold, shuffle_split, stratified_kfold
 from .transforms import PAD_FILL
 
 log = logging.getLogger(__name__)
@@ -170,14 +170,14 @@ def split_indices(labels: list[int], cfg: DataConfig, seed: int) -> tuple[np.nda
         for c, n in small_classes(y, cfg.folds).items():
             log.warning("class %d has %d image(s), fewer than the %d folds: %d fold(s) validate none of it",
                         c, n, cfg.folds, cfg.folds - n)
-        k = StratifiedKFold if folds_stratified(y, cfg) else KFold
-        with warnings.catch_warnings():  # sklearn's "least populated class" warning: said above, by class
-            warnings.simplefilter("ignore", UserWarning)
-            tr, va = list(k(n_splits=cfg.folds, shuffle=True, random_state=seed).split(pool, y))[cfg.fold]
+        if folds_stratified(y, cfg):
+            tr, va = stratified_kfold(y, cfg.folds, cfg.fold, seed)
+        else:
+            tr, va = kfold(len(y), cfg.folds, cfg.fold, seed)
         return np.sort(pool[tr]), np.sort(pool[va])
     n_val = max(1, int(round(cfg.val_fraction * len(y))))
     strat = y if _can_stratify(counts) and cfg.stratify and n_val >= (counts > 0).sum() else None
-    tr, va = train_test_split(np.arange(len(y)), test_size=n_val, random_state=seed, stratify=strat)
+    tr, va = shuffle_split(len(y), n_val, seed, strat)
     return np.sort(pool[tr]), np.sort(pool[va])
 
 
@@ -187,7 +187,7 @@ def _can_stratify(counts: np.ndarray) -> bool:
 
 def folds_stratified(labels, cfg: DataConfig) -> bool:
     """Whether ``cfg.folds`` folds of these labels are stratified: asked for, and every class has >= 2
-    images (scikit-learn refuses only when every class is smaller than the number of folds)."""
+    images (refused only when every class is smaller than the number of folds, as scikit-learn does)."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64))
     return bool(cfg.stratify and _can_stratify(counts) and counts.max() >= cfg.folds)
 
@@ -209,7 +209,7 @@ def holdout_indices(labels, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(y)
     n_hold = max(1, int(round(cfg.holdout * len(y))))
     strat = y if _can_stratify(counts) and n_hold >= (counts > 0).sum() else None
-    rest, held = train_test_split(idx, test_size=n_hold, random_state=cfg.holdout_seed, stratify=strat)
+    rest, held = shuffle_split(len(y), n_hold, cfg.holdout_seed, strat)
     return np.sort(rest), np.sort(held)
 
 

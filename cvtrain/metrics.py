@@ -1,22 +1,34 @@
-"""Classification metrics, scored as the competition scores them.
+"""Classification metrics, scored as the competition scores them, on numpy arrays.
 
-Macro-F1 is scikit-learn's ``f1_score(y_true, y_pred, average="macro")``: the
-mean F1 over the classes present in the truth or the predictions. A class that
-``meta.csv`` lists but that appears in neither adds nothing (listing every
-class would count it as F1 0 and understate any split that lacks a class).
+Macro-F1 is scikit-learn's ``f1_score(y_true, y_pred, average="macro", zero_division=0)``
+(tests/test_metrics.py holds the two equal): the mean F1 over the classes present in the truth or
+the predictions. A class that ``meta.csv`` lists but that appears in neither adds nothing (listing
+every class would count it as F1 0 and understate any split that lacks a class). Computed here
+from label counts, without scikit-learn: importing it (with scipy) cost every trainer process a second.
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 
-def macro_f1(y_true, y_pred) -> float:
+def _counts(y_true, y_pred, n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true positives, true count, predicted count) per label 0..n-1 (n: past the largest label seen)."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    seen = int(max(y_true.max(), y_pred.max())) + 1 if len(y_true) else 0
+    size = max(n or 0, seen)
+    tp = np.bincount(y_true[y_true == y_pred], minlength=size)
+    return tp, np.bincount(y_true, minlength=size), np.bincount(y_pred, minlength=size)
+
+
+def macro_f1(y_true, y_pred, n_classes: int | None = None) -> float:
     """The competition's macro-F1: over the labels in truth or prediction (0.0 for no samples)."""
     if len(y_true) == 0:
         return 0.0
-    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    tp, true_n, pred_n = _counts(y_true, y_pred, n_classes)
+    denom = true_n + pred_n
+    scored = denom > 0
+    return float((2 * tp[scored] / denom[scored]).mean())
 
 
 def macro_f1_from_confusion(cm) -> float:
@@ -32,7 +44,9 @@ def macro_f1_from_confusion(cm) -> float:
 
 
 def epoch_metrics(y_true, y_pred) -> dict:
-    return {"acc": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0, "f1": macro_f1(y_true, y_pred)}
+    if len(y_true) == 0:
+        return {"acc": 0.0, "f1": 0.0}
+    return {"acc": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))), "f1": macro_f1(y_true, y_pred)}
 
 
 def per_class_report(y_true, y_pred, class_names: list[str]) -> list[dict]:
@@ -41,22 +55,28 @@ def per_class_report(y_true, y_pred, class_names: list[str]) -> list[dict]:
     A class with support 0 that was never predicted is absent from this split: its F1 is
     reported as None, not 0, and it does not count in macro-F1.
     """
-    labels = list(range(len(class_names)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    predicted = np.bincount(np.asarray(y_pred, dtype=np.int64), minlength=len(labels))[:len(labels)]
+    n = len(class_names)
+    tp, support, predicted = (c[:n] for c in _counts(y_true, y_pred, n))
     rows = []
     for i, c in enumerate(class_names):
-        scored = bool(s[i] > 0 or predicted[i] > 0)
-        rows.append({"class": c, "precision": float(p[i]) if scored else None,
-                     "recall": float(r[i]) if scored else None, "f1": float(f[i]) if scored else None,
-                     "support": int(s[i]), "predicted": int(predicted[i]), "in_macro_f1": scored,
-                     "note": "" if s[i] > 0 else ("predicted, absent from the labels" if scored
-                                                  else "absent from the labels and predictions")})
+        scored = bool(support[i] > 0 or predicted[i] > 0)
+        p = tp[i] / predicted[i] if predicted[i] else 0.0  # zero_division=0, as scikit-learn's
+        r = tp[i] / support[i] if support[i] else 0.0
+        f = 2 * tp[i] / (support[i] + predicted[i]) if scored else 0.0
+        rows.append({"class": c, "precision": float(p) if scored else None,
+                     "recall": float(r) if scored else None, "f1": float(f) if scored else None,
+                     "support": int(support[i]), "predicted": int(predicted[i]), "in_macro_f1": scored,
+                     "note": "" if support[i] > 0 else ("predicted, absent from the labels" if scored
+                                                        else "absent from the labels and predictions")})
     return rows
 
 
 def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
-    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
+    """Rows true, columns predicted, labels 0..num_classes-1 (a pair with a label outside is left out)."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    keep = (y_true >= 0) & (y_true < num_classes) & (y_pred >= 0) & (y_pred < num_classes)
+    cells = np.bincount(y_true[keep] * num_classes + y_pred[keep], minlength=num_classes * num_classes)
+    return cells.reshape(num_classes, num_classes)
 
 
 def save_confusion_png(cm: np.ndarray, class_names: list[str], path, cell: int = 28) -> None:

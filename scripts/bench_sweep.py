@@ -41,7 +41,7 @@ def bench_sweep(work: Path) -> None:
     emit("sweep_busy_share", parts_busy / wall)
     for k, v in parts.items():
         emit(f"sweep_share_{k}", v / wall)
-    # A worker's first trial also pays its imports (torch, timm, wandb, sklearn) and the cold cache.
+    # A worker's first trial also pays wandb's first run (its launch module) and the cold cache.
     emit("sweep_first_trial_setup_s", statistics.median(v for k, v in setups.items() if k in firsts))
     emit("sweep_later_trial_setup_s", statistics.median(v for k, v in setups.items() if k not in firsts))
     emit("sweep_epoch_s", statistics.median(e["epoch_time"] for h in hist.values() for e in h))

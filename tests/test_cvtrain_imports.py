@@ -75,3 +75,10 @@ def test_a_bad_argument_is_answered_before_torch_loads(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == str([2] * len(bad))
     assert "nope.pt: no such file" in proc.stderr
+
+
+def test_the_trainer_imports_no_scikit_learn_or_scipy():
+    """Every trainer process paid about a second importing them for splits and scores that numpy does
+    (cvtrain.split, cvtrain.metrics; held equal to scikit-learn's by their tests)."""
+    found = {p.name: m for p in CVTRAIN.glob("*.py") for m in _imports(p) if m.split(".")[0] in ("sklearn", "scipy")}
+    assert found == {}

@@ -91,3 +91,26 @@ def test_best_val_f1_is_the_competitions_macro_f1_of_the_best_epochs_matrix(tiny
     assert all(r["support"] == 0 for i, r in enumerate(per_class) if i not in (0, 3, 7))
     warnings = [r.getMessage() for r in caplog.records if "no image of 14 class(es)" in r.getMessage()]
     assert len(warnings) == 1, "the trainer says once which listed classes the data lacks"
+
+
+def test_every_metric_equals_scikit_learns_on_random_labels():
+    """macro-F1, accuracy, the confusion matrix and the per-class table, against scikit-learn's, including
+    labels past the listed classes (a model with more outputs than meta.csv names) and absent classes."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, listed = int(rng.integers(1, 80)), int(rng.integers(2, 18))
+        y_true = rng.integers(0, listed, n)
+        y_pred = rng.integers(0, listed + int(rng.integers(0, 3)), n)
+        assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0),
+                                                         abs=1e-12)
+        assert epoch_metrics(y_true, y_pred)["acc"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-12)
+        labels = list(range(listed))
+        assert np.array_equal(confusion(y_true, y_pred, listed), confusion_matrix(y_true, y_pred, labels=labels))
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+        rows = per_class_report(y_true, y_pred, [f"c{i}" for i in labels])
+        for i, row in enumerate(rows):
+            assert row["support"] == s[i]
+            if row["in_macro_f1"]:
+                assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((p[i], r[i], f[i]), abs=1e-12)

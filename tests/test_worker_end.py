@@ -66,3 +66,19 @@ def test_a_worker_that_lost_its_lease_while_ending_leaves_the_new_owners_files_a
     row = ctl.store.get_trial(trial.id)
     assert (row.state, row.worker, row.attempt) == ("running", "w2", trial.attempt + 1)
     assert snapshot(out) == ctl.files_then  # from the stall on, the old owner wrote, slimmed, deleted nothing
+
+
+def test_a_bayes_sweeps_worker_loads_the_search_with_the_trainer_before_the_freeze(tmp_path):
+    """Only a bayes sweep's claims need scipy and scikit-learn: its worker imports them with torch, before
+    ``gc.freeze``; a grid or random sweep's worker, or one given a wrong id, does not load them at all."""
+    from agent.settings import Settings
+    from agent.worker import _search_imports
+
+    ctl = LocalController(SQLiteStore(tmp_path))
+    metric = {"name": "best_val_f1", "goal": "maximize"}
+    bayes = ctl.create_sweep({"method": "bayes", "metric": metric, "parameters": {"lr": {"min": 0.1, "max": 1.0}}})
+    grid = ctl.create_sweep({"method": "grid", "metric": metric, "parameters": {"lr": {"values": [0.1]}}})
+    settings = Settings(state_dir=tmp_path, lease_seconds=60)
+    assert _search_imports(bayes.id, settings) == ("sweeps.bayes_search",)
+    assert _search_imports(grid.id, settings) == ()
+    assert _search_imports("nosuchid", settings) == ()

@@ -24,8 +24,8 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .config import AugmentConfig, DataConfig
+from .folds import kfold, shuffle_split, stratified_kfold
 from .sample_augment import augment
-from .split import kfold, shuffle_split, stratified_kfold
 from .transforms import PAD_FILL
 
 log = logging.getLogger(__name__)

@@ -82,3 +82,13 @@ def test_the_trainer_imports_no_scikit_learn_or_scipy():
     (cvtrain.split, cvtrain.metrics; held equal to scikit-learn's by their tests)."""
     found = {p.name: m for p in CVTRAIN.glob("*.py") for m in _imports(p) if m.split(".")[0] in ("sklearn", "scipy")}
     assert found == {}
+
+
+def test_the_trainers_command_line_loads_without_starting_a_thread():
+    """Under `wandb agent`, SignalWatch blocks SIGTERM in the main thread so that only its own thread takes
+    it (and learns who sent it); a thread started before that (numpy's BLAS pool, at numpy's import) would
+    take SIGTERM with the default action: the trial killed outright, its W&B run never ended."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = "import os, cvtrain.cli; n = len(os.listdir('/proc/self/task')); assert n == 1, f'{n} threads'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-1000:]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from cvtrain.split import kfold, shuffle_split, stratified_kfold
+from cvtrain.folds import kfold, shuffle_split, stratified_kfold
 
 
 def _labels(rng, n, classes, skew):

@@ -174,12 +174,14 @@ def find_or_create_final_sweep(store: SQLiteStore, parent: Sweep, config: dict,
 
 
 def _restart_note(trial: Trial) -> str:
-    """How a fold trial queued again will start: from the last.pt its run kept, or from scratch
-    (keep_checkpoints best or none deleted it when the run ended)."""
-    ckpt_dir = trial.params.get("checkpoint_dir") or Path(trial.output_dir or "-", "checkpoints")
-    if (Path(ckpt_dir) / "last.pt").is_file():
+    """How a fold trial queued again will start: from the last.pt its run kept, or from scratch (none
+    written yet, or keep_checkpoints best or none deleted it when the run ended: best.pt stayed)."""
+    ckpt_dir = Path(trial.params.get("checkpoint_dir") or Path(trial.output_dir or "-", "checkpoints"))
+    if (ckpt_dir / "last.pt").is_file():
         return "it resumes from its last.pt"
-    return "no last.pt was kept (keep_checkpoints): it trains again from the start"
+    if (ckpt_dir / "best.pt").is_file():
+        return "no last.pt was kept (keep_checkpoints): it trains again from the start"
+    return "no last.pt: it trains again from the start"
 
 
 @dataclass

@@ -15,10 +15,16 @@ def _rest(n: int, test: np.ndarray) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+def _check_fold(fold: int, folds: int) -> None:
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} of {folds}: folds are numbered 0 to {folds - 1}")
+
+
 def kfold(n: int, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) positions of fold ``fold`` of ``KFold(folds, shuffle=True, random_state=seed)``."""
     if not 2 <= folds <= n:
         raise ValueError(f"{folds} folds of {n} images: need 2 <= folds <= images")
+    _check_fold(fold, folds)
     order = np.arange(n)
     np.random.RandomState(seed).shuffle(order)
     sizes = np.full(folds, n // folds)
@@ -31,6 +37,7 @@ def kfold(n: int, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndar
 def stratified_kfold(y, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) positions of fold ``fold`` of ``StratifiedKFold(folds, shuffle=True, random_state=seed)``:
     each class dealt round-robin over the folds, each class's fold labels shuffled."""
+    _check_fold(fold, folds)
     y = np.asarray(y)
     _, first, inverse = np.unique(y, return_index=True, return_inverse=True)
     _, by_appearance = np.unique(first, return_inverse=True)

@@ -24,4 +24,3 @@ def split_record(split_seed: int, val_ids: Iterable[str]) -> dict:
     ids = sorted(val_ids)
     digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
     return {"split_seed": int(split_seed), "n_val": len(ids), "val_ids_sha1": digest}
-

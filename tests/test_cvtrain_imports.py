@@ -79,7 +79,7 @@ def test_a_bad_argument_is_answered_before_torch_loads(tmp_path):
 
 def test_the_trainer_imports_no_scikit_learn_or_scipy():
     """Every trainer process paid about a second importing them for splits and scores that numpy does
-    (cvtrain.split, cvtrain.metrics; held equal to scikit-learn's by their tests)."""
+    (cvtrain.folds, cvtrain.metrics; held equal to scikit-learn's by their tests)."""
     found = {p.name: m for p in CVTRAIN.glob("*.py") for m in _imports(p) if m.split(".")[0] in ("sklearn", "scipy")}
     assert found == {}
 
@@ -88,7 +88,9 @@ def test_the_trainers_command_line_loads_without_starting_a_thread():
     """Under `wandb agent`, SignalWatch blocks SIGTERM in the main thread so that only its own thread takes
     it (and learns who sent it); a thread started before that (numpy's BLAS pool, at numpy's import) would
     take SIGTERM with the default action: the trial killed outright, its W&B run never ended."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # BLAS pools sized to start threads even where the environment would keep them at one
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "4", "OMP_NUM_THREADS": "4",
+           "MKL_NUM_THREADS": "4"}
     code = "import os, cvtrain.cli; n = len(os.listdir('/proc/self/task')); assert n == 1, f'{n} threads'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-1000:]

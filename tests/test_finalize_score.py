@@ -298,6 +298,6 @@ def test_a_fold_queued_again_says_whether_it_resumes_or_trains_from_the_start(tm
         return Trial(sweep_id="s", name="t", state="failed", params=params, output_dir=str(out))
 
     assert _restart_note(trial(kept)) == "it resumes from its last.pt"
-    assert "trains again from the start" in _restart_note(trial(slimmed))
-    assert "trains again from the start" in _restart_note(trial(tmp_path / "never-started"))
+    assert _restart_note(trial(slimmed)) == "no last.pt was kept (keep_checkpoints): it trains again from the start"
+    assert _restart_note(trial(tmp_path / "never-started")) == "no last.pt: it trains again from the start"
     assert _restart_note(trial(slimmed, checkpoint_dir=str(elsewhere))) == "it resumes from its last.pt"

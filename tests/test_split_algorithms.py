@@ -64,6 +64,11 @@ def test_what_scikit_learn_refuses_is_refused():
         stratified_kfold(np.array([0, 1, 2]), 2, 0, 0)
     with pytest.raises(ValueError, match="folds"):
         kfold(3, 4, 0, 0)
+    for fold in (-1, 3):  # scikit-learn's list of folds has no such fold either
+        with pytest.raises(ValueError, match="numbered 0 to 2"):
+            kfold(9, 3, fold, 0)
+        with pytest.raises(ValueError, match="numbered 0 to 2"):
+            stratified_kfold(np.arange(9) % 3, 3, fold, 0)
 
 
 class _quiet:

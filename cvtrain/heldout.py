@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DatasetIndex
-from .predict import predict_probs
-from .tta import TTA_VIEWS
+from .tta import TTA_VIEWS, predict_probs
 
 #: The files finalize reads (agent.fold_outputs names them too).
 VAL_TTA, VAL_SINGLE, HOLDOUT = "val_predictions.csv", "val_predictions_single.csv", "holdout_predictions.csv"
@@ -27,8 +26,9 @@ VAL_SHIFT, VIEWS_FILE = "val_shift_predictions.csv", "view_predictions.npz"
 HOLDOUT_SHIFT = "holdout_shift_predictions.csv"
 
 
-def all_views(model, images: np.ndarray, normalize, batch_size: int) -> np.ndarray:
-    """Softmax of every view of :data:`TTA_VIEWS` on the uint8 NHWC ``images``: (V, N, C) float32."""
+def all_views(model, images, normalize, batch_size: int) -> np.ndarray:
+    """Softmax of every view of :data:`TTA_VIEWS` on the uint8 ``images`` (as predict_probs takes them):
+    (V, N, C) float32."""
     return predict_probs(model, images, normalize, list(TTA_VIEWS), batch_size, per_view=True).numpy()
 
 
@@ -39,10 +39,10 @@ def mean_of(per_view: np.ndarray, views: list[str]) -> np.ndarray:
 
 def write_heldout_predictions(model, images: np.ndarray, index: DatasetIndex, val: np.ndarray, holdout: np.ndarray,
                               views: list[str], normalize, batch_size: int, out_dir: Path,
-                              shifted: np.ndarray | None = None,
-                              holdout_shifted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                              shifted=None, holdout_shifted=None) -> dict[str, np.ndarray]:
     """val_predictions.csv (``views`` averaged), val_predictions_single.csv (no view), with ``shifted``
-    (the val rows' shifted copies, NHWC uint8, in ``val`` order) val_shift_predictions.csv (``views``)
+    (the val rows' shifted copies in ``val`` order, as :func:`~cvtrain.tta.predict_probs` takes
+    images) val_shift_predictions.csv (``views``)
     and, when the run has a holdout, holdout_predictions.csv (``views``; with ``holdout_shifted``, its
     shifted copies in holdout_shift_predictions.csv). Rows: ID, target, p0..pC-1.
 
@@ -54,7 +54,7 @@ def write_heldout_predictions(model, images: np.ndarray, index: DatasetIndex, va
     val, holdout = np.asarray(val, dtype=np.int64), np.asarray(holdout, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
 
-    def predict(key: str, x: np.ndarray, rows: np.ndarray, *files: tuple[str, list[str]]) -> None:
+    def predict(key: str, x, rows: np.ndarray, *files: tuple[str, list[str]]) -> None:
         """Every view's softmax of ``x`` into out[key]; each file: the mean over its views."""
         out[key] = all_views(model, x, normalize, batch_size)
         keys = [(ids[j], labels[j]) for j in rows]

@@ -139,13 +139,12 @@ def _save_predictions(s: Session) -> None:
     e, d = s.cfg.experiment, s.cfg.data
     holdout = np.asarray(D.holdout_indices(s.data.index.labels, d)[1], dtype=np.int64)
     shifted = holdout_shifted = None
-    if s.shifted_val is not None:
-        shifted = s.shifted_val.x.permute(0, 2, 3, 1).cpu().numpy()
+    if s.shifted_val is not None:  # the copies stay on the device they were made on
+        shifted = s.shifted_val.x
         if len(holdout):  # the holdout's test-like copies, drawn as the validation's (by image ID)
             ids = s.data.index.image_ids()
             holdout_shifted = valshift.shifted_copies(s.data.val_ds.images, holdout, [ids[j] for j in holdout],
                                                       e.val_shift, e.val_shift_seed, s.device)
-            holdout_shifted = holdout_shifted.permute(0, 2, 3, 1).cpu().numpy()
     arrays = write_heldout_predictions(s.model, s.data.val_ds.images, s.data.index, s.data.val_ds.indices,
                                        holdout, list(e.tta), s.normalize, e.batch_size * 2, s.out_dir, shifted,
                                        holdout_shifted)

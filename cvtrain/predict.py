@@ -5,7 +5,6 @@ import csv
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoint as ckpt
@@ -15,7 +14,7 @@ from .device import select_device
 from .model import build_model
 from .norm import Normalizer, describe, stored_data_config
 from .notices import say_once
-from .tta import view_softmax
+from .tta import predict_probs
 from .tta_auto import choose_tta
 
 log = logging.getLogger(__name__)
@@ -44,26 +43,6 @@ def _older_checkpoint_info(obj: dict, cfg, checkpoint) -> dict:
     names = list(obj.get("class_names", []))
     return {"num_classes": cfg.experiment.num_classes or len(names), "class_names": names,
             "img_size": cfg.experiment.img_size, "resize": cfg.data.resize}
-
-
-@torch.no_grad()
-def predict_probs(model, images, normalize, views: list[str], batch_size: int, per_view: bool = False) -> torch.Tensor:
-    """Mean softmax over the TTA views; ``images`` is (N, H, W, 3) uint8. ``per_view``: each view's
-    softmax instead, (len(views), N, C).
-
-    All views of a chunk of images go through the model in one forward pass of at most
-    ``batch_size`` views (at least one image's), made on the device from the uint8 chunk.
-    """
-    device = normalize.mean.device
-    per = max(1, batch_size // max(1, len(views)))
-    out = []
-    for s in range(0, len(images), per):
-        x = torch.from_numpy(np.array(images[s:s + per])).permute(0, 3, 1, 2)  # a copy: the cache is read-only
-        if device.type == "cuda":
-            x = x.pin_memory()
-        x = x.to(device, non_blocking=True)
-        out.append(view_softmax(model, x, normalize, views, per_view).cpu())
-    return torch.cat(out, dim=1 if per_view else 0) if out else torch.zeros(0)
 
 
 def read_test_set(root: str | Path, test_dir: str = "test", sample_submission: str = "sample_submission.csv"):

@@ -28,13 +28,32 @@ def stack_views(x, views: list[str]):
     return torch.cat([apply_view(x, v) for v in views])
 
 
-def view_softmax(model, x, normalize, views: list[str], per_view: bool = False):
-    """Softmax of ``views`` of the uint8 batch ``x`` (N, C, H, W, on the model's device) in one forward
-    pass: each view's, (V, N, classes), or ``per_view`` False their mean, (N, classes)."""
-    import torch  # lazy: see stack_views
+def predict_probs(model, images, normalize, views: list[str], batch_size: int, per_view: bool = False):
+    """Mean softmax over the TTA views, (N, C) on the CPU; ``per_view``: each view's, (len(views), N, C).
 
-    p = torch.softmax(model(normalize(stack_views(x, views))).float(), dim=1).view(len(views), x.shape[0], -1)
-    return p if per_view else p.mean(0)
+    ``images``: uint8 (N, H, W, 3) numpy (the decoded-image cache; each chunk copied to the device), or a
+    uint8 (N, C, H, W) tensor already on the model's device (val_shift's copies, made there). All views
+    of a chunk of images go through the model in one forward pass of at most ``batch_size`` views (at
+    least one image's).
+    """
+    import numpy as np  # lazy, as torch: the trainer's command line loads this module before SignalWatch
+    import torch
+
+    device = normalize.mean.device
+    per = max(1, batch_size // max(1, len(views)))
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(images), per):
+            if isinstance(images, torch.Tensor):
+                x = images[s:s + per].to(device)
+            else:
+                x = torch.from_numpy(np.array(images[s:s + per])).permute(0, 3, 1, 2)  # a copy: the cache is read-only
+                if device.type == "cuda":
+                    x = x.pin_memory()
+                x = x.to(device, non_blocking=True)
+            p = torch.softmax(model(normalize(stack_views(x, views))).float(), dim=1).view(len(views), x.shape[0], -1)
+            out.append((p if per_view else p.mean(0)).cpu())
+    return torch.cat(out, dim=1 if per_view else 0) if out else torch.zeros(0)
 
 
 def greedy_add(score: Callable[[list[str]], float], candidates: Iterable[str]) -> tuple[list[str], float, float]:

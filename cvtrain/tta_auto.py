@@ -18,7 +18,7 @@ from .config import Config
 from .metrics import epoch_metrics
 from .norm import Normalizer
 from .shift_profile import is_off
-from .tta import TTA_VIEWS, greedy_add, view_softmax
+from .tta import TTA_VIEWS, greedy_add, predict_probs
 
 
 @dataclass
@@ -53,12 +53,8 @@ def validation_copies(cfg: Config, device: torch.device, profile: dict | None = 
 def view_probs(model, x: torch.Tensor, views, batch_size: int = 64,
                data_config: dict | None = None) -> dict[str, np.ndarray]:
     """Softmax of every view on the uint8 batch ``x``, by view (``data_config``: the model's mean/std)."""
-    normalize = Normalizer(x.device, False, data_config)
     model.eval()
-    views = list(views)
-    per = max(1, batch_size // len(views))  # as predict_probs: at most batch_size views per forward pass
-    p = torch.cat([view_softmax(model, x[s:s + per], normalize, views, per_view=True).cpu()
-                   for s in range(0, len(x), per)], dim=1)
+    p = predict_probs(model, x, Normalizer(x.device, False, data_config), list(views), batch_size, per_view=True)
     return {v: p[i].numpy() for i, v in enumerate(views)}
 
 

@@ -21,6 +21,9 @@ OPTIONAL_OOF_FILES = {"shift": "val_shift_predictions.csv"}
 TEST, HOLDOUT, HOLDOUT_SHIFT = "test_predictions.csv", "holdout_predictions.csv", "holdout_shift_predictions.csv"
 #: Every test-time view's softmax (cvtrain.heldout.write_view_predictions), read for ``finalize --tta auto``.
 VIEWS_FILE = "view_predictions.npz"
+#: Each array of a views file and the array of IDs naming its rows (FoldOutputs names its ID lists alike).
+VIEW_IDS = {"val": "val_ids", "val_shift": "val_ids", "test": "test_ids", "holdout": "holdout_ids",
+            "holdout_shift": "holdout_ids"}
 
 
 class OutputsError(ValueError):
@@ -85,9 +88,7 @@ def read_views(path: Path, cfg: dict) -> dict[str, np.ndarray]:
     if lacking:
         raise OutputsError(f"{path}: no {', '.join(lacking)} (a file from an older trainer?)")
     n_views = len(got["views"])
-    rows = {"val": "val_ids", "val_shift": "val_ids", "test": "test_ids", "holdout": "holdout_ids",
-            "holdout_shift": "holdout_ids"}
-    for k, ids in rows.items():
+    for k, ids in VIEW_IDS.items():
         if k in got and (got[k].ndim != 3 or len(got[k]) != n_views or got[k].shape[1] != len(got[ids])
                          or not np.isfinite(got[k]).all()):
             raise OutputsError(f"{path}: {k} is not (views, {len(got[ids])} images, classes) of finite probabilities")
@@ -234,10 +235,10 @@ def _stack_views(out: FoldOutputs, per: list[list[tuple[int, dict]]]) -> dict:
             if not filled.all():
                 raise OutputsError("the fold trials' view_predictions.npz do not hold out every image")
         views[name] = arr
-    for key, id_key, ids in (("test", "test_ids", out.test_ids), ("holdout", "holdout_ids", out.holdout_ids),
-                             ("holdout_shift", "holdout_ids", out.holdout_ids)):
+    for key in ("test", "holdout", "holdout_shift"):
+        ids = getattr(out, VIEW_IDS[key])
         if ids and all(key in z for trials in zs for z in trials):
-            if any([str(i) for i in z[id_key]] != list(ids) for trials in zs for z in trials):
+            if any([str(i) for i in z[VIEW_IDS[key]]] != list(ids) for trials in zs for z in trials):
                 raise OutputsError(f"view_predictions.npz: the {key} images differ from {key}_predictions.csv's")
             views[key] = np.stack([np.mean([z[key] for z in trials], axis=0) for trials in zs])
     return views
